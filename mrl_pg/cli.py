@@ -1,0 +1,30 @@
+"""The ``mrl-pg`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommand name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
+COMMANDS = {
+    "demo": "mrl_pg.demo",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mrl-pg", description="Matryoshka two-stage vector search for PostgreSQL."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.configure(commands.add_parser(name, help=module.__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command])
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
