@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from enum import Enum
 from typing import Any, Union
 
@@ -30,7 +31,8 @@ from sqlalchemy.sql.selectable import FromClause, Join, Subquery
 
 from mrl_pg.declare import Prefix, prefixes_of
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
-from mrl_pg.prefix import Storage
+from mrl_pg.prefix import FullVector, Storage
+from mrl_pg.query_param import QueryVectorType
 from mrl_pg.query_vector import QueryLike, as_query_array
 from mrl_pg.settings import SETTINGS_OPTION, Settings
 
@@ -58,6 +60,28 @@ class IterativeScan(str, Enum):
 
 
 @dataclass(frozen=True)
+class SearchOptions:
+    """The knobs of one search; see :func:`mrl_search`."""
+
+    k: int = 10
+    prefix: PrefixChoice | Sequence[PrefixChoice] | None = None
+    candidates: int | Sequence[int] | None = None
+    oversample: float | None = None
+    ef_search: int | None = None
+    iterative_scan: IterativeScan | str | None = None
+    max_scan_tuples: int | None = None
+
+    def frozen(self) -> SearchOptions | None:
+        """A hashable copy (sequences as tuples), or None when a choice is not hashable."""
+        prefix = _as_tuple(self.prefix)
+        candidates = _as_tuple(self.candidates)
+        parts = prefix if isinstance(prefix, tuple) else (prefix,)
+        if not all(part is None or isinstance(part, str) for part in parts):
+            return None
+        return replace(self, prefix=prefix, candidates=candidates)
+
+
+@dataclass(frozen=True)
 class SearchPlan:
     """The parts of a search statement: what to select, how to order, what to set."""
 
@@ -65,6 +89,7 @@ class SearchPlan:
     distance: Label[float]
     k: int
     settings: Settings
+    full: FullVector
 
     def select(self) -> Select[Any]:
         return (
@@ -104,48 +129,50 @@ def mrl_search(
       ``relaxed_order`` when the select filters rows or needs more than ``ef_search``
       candidates, untouched otherwise.
     - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan.
+
+    Statements for a model or table are built once per set of options and reused with the
+    new query vector bound, so repeated searches cost little Python time.
     """
-    base = _base_select(target)
-    return plan_search(
-        base,
-        query,
-        k,
-        prefix=prefix,
-        candidates=candidates,
-        oversample=oversample,
-        ef_search=ef_search,
-        iterative_scan=iterative_scan,
-        max_scan_tuples=max_scan_tuples,
-    ).select()
+    options = SearchOptions(
+        k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples
+    )
+    frozen = None if isinstance(target, Select) else options.frozen()
+    if frozen is None:
+        return plan_search(_base_select(target), query, options).select()
+    template, full = _template(target, frozen)
+    return template.params({QUERY_PARAM: as_query_array(query, full)})
+
+
+@lru_cache(maxsize=512)
+def _template(target: type | Table, options: SearchOptions) -> tuple[Select[Any], FullVector]:
+    plan = plan_search(_base_select(target), None, options)
+    return plan.select(), plan.full
 
 
 def plan_search(
-    base: Select[Any],
-    query: QueryLike,
-    k: int,
-    *,
-    prefix: PrefixChoice | Sequence[PrefixChoice] | None = None,
-    candidates: int | Sequence[int] | None = None,
-    oversample: float | None = None,
-    ef_search: int | None = None,
-    iterative_scan: IterativeScan | str | None = None,
-    max_scan_tuples: int | None = None,
+    base: Select[Any], query: QueryLike | None, options: SearchOptions
 ) -> SearchPlan:
-    """Validate everything, then build the stages over ``base``; see :func:`mrl_search`."""
+    """Validate everything, then build the stages over ``base``; see :func:`mrl_search`.
+
+    With ``query=None`` the query parameter is left unbound, to be given with ``.params()``.
+    """
+    k = options.k
     _check_positive_int("k", k)
     if base._limit_clause is not None or base._order_by_clauses:
         raise SearchParameterError(
             "the select to search already has ORDER BY or LIMIT; mrl_search adds its own"
         )
     froms = base.get_final_froms()
-    stages = _choose_stages(froms, prefix)
-    counts = _candidate_counts(stages, k, candidates, oversample)
+    stages = _choose_stages(froms, options.prefix)
+    counts = _candidate_counts(stages, k, options.candidates, options.oversample)
     filtered = base.whereclause is not None or len(froms) > 1 or isinstance(froms[0], Join)
-    settings = _settings(counts[0], filtered, ef_search, iterative_scan, max_scan_tuples)
+    settings = _settings(
+        counts[0], filtered, options.ef_search, options.iterative_scan, options.max_scan_tuples
+    )
 
     full = stages[0].spec.full
-    vector = as_query_array(query, full)
-    query_param: BindParameter[Any] = bindparam(QUERY_PARAM, vector, type_=full.sql_type())
+    vector = None if query is None else as_query_array(query, full)
+    query_param: BindParameter[Any] = bindparam(QUERY_PARAM, vector, type_=QueryVectorType(full))
     query_vector = cast(query_param, full.sql_type())
 
     first = stages[0]
@@ -176,7 +203,13 @@ def plan_search(
         .label(DISTANCE_LABEL)
     )
     columns = [_rebind(description, candidates_so_far) for description in base.column_descriptions]
-    return SearchPlan(columns=columns, distance=distance, k=k, settings=settings)
+    return SearchPlan(columns=columns, distance=distance, k=k, settings=settings, full=full)
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return tuple(value)
+    return value
 
 
 def _base_select(target: SearchTarget) -> Select[Any]:
@@ -339,4 +372,4 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise SearchParameterError(f"{name} must be a positive integer, got {value!r}")
 
 
-__all__ = ["IterativeScan", "SearchPlan", "mrl_search", "plan_search"]
+__all__ = ["IterativeScan", "SearchOptions", "SearchPlan", "mrl_search", "plan_search"]

@@ -34,31 +34,35 @@ def _set_sql(count: int) -> str:
 
 
 def _restore_sql(count: int) -> str:
-    parts = [
-        "set_config(%s, coalesce(%s, (SELECT reset_val FROM pg_settings WHERE name = %s)), %s)"
-        for _ in range(count)
-    ]
-    return "SELECT " + ", ".join(parts)
+    """Put settings back; a NULL value (the setting did not exist yet) resets it."""
+    return "SELECT " + ", ".join(["set_config(%s, %s, %s)"] * count)
 
 
-def _apply(cursor: DBAPICursor, settings: Settings, local: bool) -> list[tuple[str, str | None]]:
+def _apply(
+    dbapi_connection: Any, settings: Settings, local: bool
+) -> list[tuple[str, str | None]]:
+    """Make ``settings``; returns the previous value of each one that changed."""
     params: list[Any] = []
     for name, value in settings:
         params += [name, name, value, local]
-    helper = cursor.connection.cursor()
+    helper = dbapi_connection.cursor()
     try:
         helper.execute(_set_sql(len(settings)), params)
         row = helper.fetchone()
     finally:
         helper.close()
     assert row is not None
-    return [(name, row[2 * i]) for i, (name, _) in enumerate(settings)]
+    return [
+        (name, row[2 * i])
+        for i, (name, value) in enumerate(settings)
+        if row[2 * i] != value
+    ]
 
 
 def _restore(dbapi_connection: Any, previous: Sequence[tuple[str, str | None]], local: bool) -> None:
     params: list[Any] = []
     for name, value in previous:
-        params += [name, value, name, local]
+        params += [name, value, local]
     helper = dbapi_connection.cursor()
     try:
         helper.execute(_restore_sql(len(previous)), params)
@@ -80,10 +84,13 @@ def _before_cursor_execute(
     )
     if not settings:
         return
-    local = not getattr(cursor.connection, "autocommit", False)
-    previous = _apply(cursor, settings, local)
+    # The pool's DBAPI connection, not ``cursor.connection``: asyncio drivers' adapted cursors
+    # have no ``connection`` attribute.
+    dbapi_connection = conn.connection.dbapi_connection
+    local = not getattr(dbapi_connection, "autocommit", False)
+    previous = _apply(dbapi_connection, settings, local)
     streaming = bool(context is not None and context.execution_options.get("stream_results"))
-    if not streaming:
+    if previous and not streaming:
         conn.info[_RESTORE_KEY] = (previous, local)
 
 
@@ -99,7 +106,7 @@ def _after_cursor_execute(
     pending = conn.info.pop(_RESTORE_KEY, None)
     if pending is not None:
         previous, local = pending
-        _restore(cursor.connection, previous, local)
+        _restore(conn.connection.dbapi_connection, previous, local)
 
 
 @event.listens_for(Engine, "handle_error")

@@ -1,0 +1,70 @@
+"""The query vector as a bound parameter: sent once, in pgvector's binary format.
+
+With psycopg 3 the vector travels as ``vector_recv``/``halfvec_recv`` bytes (a 4-byte header,
+then big-endian floats) with an unspecified type that PostgreSQL infers from the surrounding
+``CAST``: no float formatting or parsing on either side. Other drivers get pgvector's text form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine, UserDefinedType
+
+from mrl_pg.prefix import FullVector
+
+
+class BinaryQueryVector:
+    """A query vector ready for psycopg's binary dumper."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, values: npt.NDArray[np.float32], half: bool) -> None:
+        header = np.array([len(values), 0], dtype=">u2").tobytes()
+        self.payload = header + values.astype(">f2" if half else ">f4").tobytes()
+
+
+class BinaryQueryVectorDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: BinaryQueryVector) -> bytes:
+        return obj.payload
+
+
+psycopg.adapters.register_dumper(BinaryQueryVector, BinaryQueryVectorDumper)
+
+
+class QueryVectorType(UserDefinedType[Any]):
+    """``vector(n)``/``halfvec(n)`` for the query parameter, bound in binary with psycopg."""
+
+    cache_ok = True
+
+    def __init__(self, full: FullVector) -> None:
+        self.full = full
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return f"{'HALFVEC' if self.full.half else 'VECTOR'}({self.full.dims})"
+
+    def _pgvector_type(self) -> TypeEngine[Any]:
+        return HALFVEC(self.full.dims) if self.full.half else VECTOR(self.full.dims)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.driver != "psycopg":
+            return self._pgvector_type().bind_processor(dialect)
+        half = self.full.half
+
+        def process(value: Any) -> BinaryQueryVector | None:
+            return None if value is None else BinaryQueryVector(value, half)
+
+        return process
+
+    def literal_processor(self, dialect: Dialect) -> Callable[[Any], str] | None:
+        return self._pgvector_type().literal_processor(dialect)
