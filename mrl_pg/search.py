@@ -269,8 +269,9 @@ def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
     if isinstance(choice, str):
         matches = [p for p in available if choice in (p.name, p.column.key)]
     else:
-        expression = getattr(choice, "expression", choice)
-        matches = [p for p in available if p.column is expression]
+        mapped = getattr(choice, "property", None)
+        column = mapped.columns[0] if hasattr(mapped, "columns") else choice
+        matches = [p for p in available if p.column is column]
     if not matches:
         names = ", ".join(p.name for p in available)
         raise PrefixSelectionError(f"no prefix {choice!r}; declared prefixes: {names}")
