@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        module.configure(commands.add_parser(name, help=module.__doc__.splitlines()[0]))
+        module.configure(commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0]))
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command])
     return int(module.run(args))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -138,13 +139,13 @@ def _report(
 
 def _timed(
     conn: Connection,
-    build: Callable[[npt.NDArray[np.float32]], Select[tuple[int]]],
+    build: Callable[[npt.NDArray[np.float32]], Select[Any]],
     queries: npt.NDArray[np.float32],
 ) -> tuple[list[list[int]], list[float]]:
     found, latencies = [], []
     for query in queries:
         started = time.perf_counter()
-        ids = list(conn.execute(build(query)).scalars())
+        ids: list[int] = list(conn.execute(build(query)).scalars())
         latencies.append((time.perf_counter() - started) * 1000)
         found.append(ids)
         conn.commit()

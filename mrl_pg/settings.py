@@ -59,7 +59,9 @@ def _apply(
     ]
 
 
-def _restore(dbapi_connection: Any, previous: Sequence[tuple[str, str | None]], local: bool) -> None:
+def _restore(
+    dbapi_connection: Any, previous: Sequence[tuple[str, str | None]], local: bool
+) -> None:
     params: list[Any] = []
     for name, value in previous:
         params += [name, value, local]

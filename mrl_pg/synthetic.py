@@ -56,7 +56,8 @@ def queries_near(vectors: Matrix, count: int, *, noise: float = 0.5, seed: int =
 
 def normalize(vectors: Matrix) -> Matrix:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalized: Matrix = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalized
 
 
 def exact_neighbors(
@@ -79,18 +80,20 @@ def exact_distances(
     vectors: npt.NDArray[np.float64], queries: npt.NDArray[np.float64], distance: Distance
 ) -> npt.NDArray[np.float64]:
     """pgvector's distances between every query (rows) and every vector (columns)."""
-    dots = queries @ vectors.T
+    dots: npt.NDArray[np.float64] = queries @ vectors.T
     if distance is Distance.INNER_PRODUCT:
         return -dots
     if distance is Distance.COSINE:
         norms = np.linalg.norm(queries, axis=1)[:, None] * np.linalg.norm(vectors, axis=1)[None]
-        return 1.0 - dots / np.maximum(norms, 1e-300)
+        cosine: npt.NDArray[np.float64] = 1.0 - dots / np.maximum(norms, 1e-300)
+        return cosine
     squared = (queries**2).sum(1)[:, None] + (vectors**2).sum(1)[None] - 2 * dots
-    return np.sqrt(np.maximum(squared, 0.0))
+    euclidean: npt.NDArray[np.float64] = np.sqrt(np.maximum(squared, 0.0))
+    return euclidean
 
 
 def recall_at_k(found: list[list[int]], truth: npt.NDArray[np.int64]) -> float:
     """Mean fraction of each query's true ``k`` neighbours that ``found`` contains."""
     k = truth.shape[1]
-    hits = sum(len(set(f[:k]) & set(t.tolist())) for f, t in zip(found, truth))
-    return hits / (k * len(truth))
+    hits = sum(len(set(f[:k]) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return float(hits / (k * len(truth)))

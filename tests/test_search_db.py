@@ -156,7 +156,7 @@ def test_core_table_and_legacy_query(docs_engine: Engine) -> None:
 def test_selected_columns_carry_through(session: Session) -> None:
     stmt = mrl_search(select(Doc.id, Doc.title), QUERY_VECTORS[2], k=3, prefix="cosine_vector")
     rows = session.execute(stmt).all()
-    assert [tuple(row._fields) for row in rows][0] == ("id", "title", "distance")
+    assert rows[0]._fields == ("id", "title", "distance")
 
 
 def _settings(session: Session) -> tuple[str, str]:

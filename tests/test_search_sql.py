@@ -141,7 +141,7 @@ def test_bad_search_parameters(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_prefix_choice_errors() -> None:
-    with pytest.raises(PrefixSelectionError, match="docs has several prefixes .*choose one"):
+    with pytest.raises(PrefixSelectionError, match=r"docs has several prefixes .*choose one"):
         Doc.mrl_search(QUERY)
     with pytest.raises(PrefixSelectionError, match="no prefix 'cosine_64'; declared prefixes"):
         Doc.mrl_search(QUERY, prefix="cosine_64")
