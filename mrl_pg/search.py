@@ -27,7 +27,7 @@ from sqlalchemy import BindParameter, Label, Select, Table, bindparam, cast, ins
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.sql.elements import KeyedColumnElement
-from sqlalchemy.sql.selectable import FromClause, Join, Subquery
+from sqlalchemy.sql.selectable import Alias, FromClause, Join, Subquery
 
 from mrl_pg.declare import Prefix, prefixes_of
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
@@ -235,20 +235,28 @@ def _base_select(target: SearchTarget) -> Select[Any]:
     )
 
 
-def _tables(from_clause: FromClause) -> Iterator[Table]:
+def _prefixes_in(from_clause: FromClause) -> Iterator[Prefix]:
+    """Prefixes of the tables in ``from_clause``, with columns as that FROM names them
+    (through an alias, for ``aliased()`` entities)."""
     if isinstance(from_clause, Table):
-        yield from_clause
+        yield from prefixes_of(from_clause)
     elif isinstance(from_clause, Join):
-        yield from _tables(from_clause.left)
-        yield from _tables(from_clause.right)
+        yield from _prefixes_in(from_clause.left)
+        yield from _prefixes_in(from_clause.right)
+    elif isinstance(from_clause, Alias) and isinstance(from_clause.element, Table):
+        for prefix in prefixes_of(from_clause.element):
+            yield replace(
+                prefix,
+                column=from_clause.c[prefix.column.key],
+                full_column=from_clause.c[prefix.full_column.key],
+            )
 
 
 def _choose_stages(
     froms: Sequence[FromClause], choice: PrefixChoice | Sequence[PrefixChoice] | None
 ) -> list[Prefix]:
-    tables = [t for f in froms for t in _tables(f)]
-    available = [p for t in tables for p in prefixes_of(t)]
-    where = ", ".join(sorted({t.name for t in tables}))
+    available = [p for f in froms for p in _prefixes_in(f)]
+    where = ", ".join(sorted({str(getattr(f, "name", f)) for f in froms}))
     if not available:
         raise PrefixSelectionError(
             f"no MRL prefix is declared on {where or 'the searched select'}; declare one with "
@@ -281,7 +289,9 @@ def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
     else:
         mapped: Any = getattr(choice, "property", None)
         column = mapped.columns[0] if hasattr(mapped, "columns") else choice
-        matches = [p for p in available if p.column is column]
+        matches = [p for p in available if p.column is column] or [
+            p for p in available if p.column.key == getattr(column, "key", None)
+        ]
     if not matches:
         names = ", ".join(p.name for p in available)
         raise PrefixSelectionError(f"no prefix {choice!r}; declared prefixes: {names}")

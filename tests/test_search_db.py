@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pgvector import Vector
 from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from mrl_pg import MRLQuery, mrl_search
 from mrl_pg.synthetic import (
@@ -202,3 +202,18 @@ def test_settings_restored_in_autocommit_mode_even_after_an_error(docs_engine: E
         with pytest.raises(Exception, match="division by zero"):
             conn.execute(bad)
         assert conn.execute(text("SHOW hnsw.ef_search")).scalar_one() == before
+
+
+def test_aliased_entity_with_filter(session: Session) -> None:
+    doc = aliased(Doc)
+    stmt = mrl_search(select(doc).where(doc.tenant == 5), QUERY_VECTORS[4], k=5, prefix=doc.cosine_vector)
+    keep = np.flatnonzero(np.arange(ROWS) % TENANTS == 5)
+    expected = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS[4:5], 5)[0]].tolist()
+    assert [d.id for d, _ in session.execute(stmt)] == expected
+
+
+def test_streaming_results(session: Session) -> None:
+    stmt = Doc.mrl_search(QUERY_VECTORS[5], k=50, candidates=200, prefix="cosine_vector")
+    streamed = [doc.id for doc, _ in session.execute(stmt.execution_options(yield_per=7))]
+    assert streamed == [doc.id for doc, _ in session.execute(stmt)]
+    assert len(streamed) == 50
