@@ -172,9 +172,8 @@ def plan_search(
         raise SearchParameterError(
             "the select to search already has ORDER BY or LIMIT; mrl_search adds its own"
         )
-    froms = base.get_final_froms()
+    filtered, froms = _filtering(base)
     stages = _choose_stages(froms, options.prefix)
-    filtered = base.whereclause is not None or len(froms) > 1 or isinstance(froms[0], Join)
     counts = _candidate_counts(stages, k, options.candidates, options.oversample, filtered)
     settings = _settings(
         counts[0], filtered, options.ef_search, options.iterative_scan, options.max_scan_tuples
@@ -233,6 +232,19 @@ def _base_select(target: SearchTarget) -> Select[Any]:
     raise PrefixSelectionError(
         f"cannot search {target!r}: expected a mapped class, a Table or a select()"
     )
+
+
+def _filtering(base: Select[Any]) -> tuple[bool, Sequence[FromClause]]:
+    """Whether ``base`` can drop rows (a WHERE clause or a join), and the FROM elements
+    to look for prefixes in. The FROM list of the columns clause is cheap to get; the full
+    one (which finds joins) costs a partial compile, so it is computed only when needed."""
+    if base.whereclause is not None:
+        froms = base.columns_clause_froms
+        if any(True for f in froms for _ in _prefixes_in(f)):
+            return True, froms
+        return True, base.get_final_froms()
+    froms = base.get_final_froms()
+    return len(froms) > 1 or any(isinstance(f, Join) for f in froms), froms
 
 
 def _prefixes_in(from_clause: FromClause) -> Iterator[Prefix]:

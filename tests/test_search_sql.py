@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import literal_column, select
 from sqlalchemy.dialects import postgresql
 
 from mrl_pg import (
@@ -171,3 +171,10 @@ def test_model_without_prefix() -> None:
 def test_prefix_by_attribute() -> None:
     stmt = Doc.mrl_search(QUERY, prefix=Doc.l2_halfvec)
     assert "ORDER BY docs.l2_halfvec <->" in sql(stmt)
+
+
+def test_prefix_found_in_select_from_when_not_selected() -> None:
+    base = select(literal_column("1").label("one")).select_from(Doc).where(Doc.tenant == 1)
+    text = sql(mrl_search(base, QUERY, prefix="cosine_vector"))
+    assert text.startswith("SELECT mrl_candidates_0.one, mrl_candidates_0.mrl_full <=>")
+    assert "FROM docs WHERE docs.tenant = " in text
