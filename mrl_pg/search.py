@@ -239,9 +239,9 @@ def _filtering(base: Select[Any]) -> tuple[bool, Sequence[FromClause]]:
     to look for prefixes in. The FROM list of the columns clause is cheap to get; the full
     one (which finds joins) costs a partial compile, so it is computed only when needed."""
     if base.whereclause is not None:
-        froms = base.columns_clause_froms
-        if any(True for f in froms for _ in _prefixes_in(f)):
-            return True, froms
+        selected = base.columns_clause_froms
+        if any(True for f in selected for _ in _prefixes_in(f)):
+            return True, selected
         return True, base.get_final_froms()
     froms = base.get_final_froms()
     return len(froms) > 1 or any(isinstance(f, Join) for f in froms), froms
