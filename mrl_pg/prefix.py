@@ -91,6 +91,8 @@ class Storage(str, Enum):
 #: pgvector's HNSW parameter bounds (src/hnsw.h).
 HNSW_M_RANGE = (2, 100)
 HNSW_EF_CONSTRUCTION_RANGE = (4, 1000)
+#: Most dimensions a ``vector`` or ``halfvec`` value can have.
+MAX_VECTOR_DIMS = 16000
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,11 @@ class FullVector:
     @classmethod
     def from_type(cls, type_: TypeEngine[Any], column_name: str) -> FullVector:
         if isinstance(type_, (VECTOR, HALFVEC)) and isinstance(type_.dim, int):
+            if not 1 <= type_.dim <= MAX_VECTOR_DIMS:
+                raise NotAVectorColumnError(
+                    f"column {column_name!r} is declared with {type_.dim} dimensions; pgvector "
+                    f"vectors have 1 to {MAX_VECTOR_DIMS}"
+                )
             return cls(dims=type_.dim, half=isinstance(type_, HALFVEC))
         if isinstance(type_, (VECTOR, HALFVEC)):
             raise NotAVectorColumnError(

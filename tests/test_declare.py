@@ -142,7 +142,7 @@ def test_bit_prefix_allows_wide_prefixes() -> None:
 @pytest.mark.parametrize(
     ("full_type", "message"),
     [(String(), "not a pgvector VECTOR"), (BIT(64), "not a pgvector VECTOR"),
-     (VECTOR(), "has no fixed dimension")],
+     (VECTOR(), "has no fixed dimension"), (VECTOR(16001), "pgvector vectors have 1 to 16000")],
 )
 def test_full_column_must_be_a_fixed_size_pgvector_column(full_type: Any, message: str) -> None:
     with pytest.raises(NotAVectorColumnError, match=message):
