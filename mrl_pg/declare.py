@@ -166,7 +166,7 @@ def _declare(
         raise NotAVectorColumnError(
             f"expected the full vector column (a Column or mapped_column), got {full_column!r}"
         )
-    full = FullVector.from_type(full_column.type, str(full_column.name))
+    full = FullVector.from_type(full_column.type, str(full_column.name or "the full vector"))
     spec = PrefixSpec.create(
         dims, full, distance=distance, storage=storage, m=m, ef_construction=ef_construction
     )
