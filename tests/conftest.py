@@ -19,7 +19,6 @@ from sqlalchemy import Engine, create_engine, text
 
 from mrl_pg.server import create_vector_extension, embedded_url, sqlalchemy_url
 
-DOCKER_IMAGE = "pgvector/pgvector:pg17"
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 
 
@@ -39,14 +38,14 @@ def database_url() -> Iterator[str]:
     if dsn:
         yield sqlalchemy_url(dsn)
     elif _docker_engine_answers():
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.compose import DockerCompose
 
-        container = PostgresContainer(DOCKER_IMAGE, driver="psycopg").with_command(
-            "postgres -c maintenance_work_mem=1GB"
-        )
-        container = container.with_kwargs(shm_size="1g")
-        with container as running:
-            yield running.get_connection_url()
+        # docker/compose.yaml itself, published on a free loopback port (empty MRL_PG_PORT).
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MRL_PG_PORT", "")
+            with DockerCompose(DOCKER_DIR, wait=True) as compose:
+                host, port = compose.get_service_host_and_port("db", 5432)
+                yield f"postgresql+psycopg://mrl_pg:mrl_pg@{host}:{port}/mrl_pg"
     else:
         yield embedded_url()
 

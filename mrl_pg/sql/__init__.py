@@ -1,0 +1,39 @@
+"""The plain-SQL search function, for psql and clients in other languages.
+
+``mrl_pg--<version>.sql`` in this package is the one copy of the script (the repository's
+top-level ``sql/`` links to it, for ``psql -f``). It creates ``mrl_search(tbl regclass, query
+vector, k integer, candidates integer DEFAULT NULL, prefix_column name DEFAULT NULL,
+full_distance text DEFAULT NULL)``, returning ``(pk jsonb, distance double precision)`` rows:
+each row's primary key as a jsonb object and its exact full-vector distance, nearest first.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from sqlalchemy import Connection
+
+#: Version of the SQL script this package installs.
+SCRIPT_VERSION = "0.1.0"
+
+
+def script(version: str = SCRIPT_VERSION) -> str:
+    """The text of the SQL script of ``version``."""
+    return resources.files(__name__).joinpath(f"mrl_pg--{version}.sql").read_text("utf-8")
+
+
+def install(connection: Connection) -> None:
+    """Create (or replace) the SQL functions in the connection's current schema, the first
+    on its ``search_path``, inside the connection's transaction. The ``vector`` extension
+    must be installed. With an ``AsyncConnection``: ``await conn.run_sync(install)``."""
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is None:
+        raise RuntimeError("the connection is closed")
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(script())  # no parameters: the whole script in one simple query
+    finally:
+        cursor.close()
+
+
+__all__ = ["SCRIPT_VERSION", "install", "script"]

@@ -1,0 +1,1 @@
+../mrl_pg/sql/mrl_pg--0.1.0.sql

