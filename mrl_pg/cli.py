@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 #: Subcommand name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
 COMMANDS = {
+    "bench": "mrl_pg.bench",
     "demo": "mrl_pg.demo",
+    "evaluate": "mrl_pg.evaluate",
 }
 
 

@@ -1,0 +1,192 @@
+"""Evaluate recall@k per prefix size and candidate count on your data, and recommend a prefix.
+
+Reads the vectors (an ``.npy`` file, a column of an existing table, or the MRL-like generator)
+and samples queries: a query file, or rows held out from the vectors. For every prefix size and
+candidate count it computes, exactly in numpy, what the two-stage search returns when the
+prefix ranking is exact (the HNSW index can only lose a little more; ``mrl-pg bench`` measures
+that), against the exact full-dimension neighbours. It prints mean recall and the mean recall
+of the 1% and 5% of queries that fare worst, recommends the smallest prefix that reaches
+``--target-recall`` (on average and, with ``--worst``, for the worst 5% too), and writes a
+PNG. A table is only read, with one ``SELECT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mrl_pg.errors import MRLError, PrefixConfigError, SearchParameterError
+from mrl_pg.measure.arguments import (
+    add_source_arguments,
+    comma_list,
+    dataset_from_args,
+    engine_from_args,
+)
+from mrl_pg.measure.inputs import Dataset
+from mrl_pg.measure.prefix_recall import PrefixRecall, prefix_recall
+from mrl_pg.prefix import Distance
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    prefix_dims: int
+    candidates: int
+    recall: float
+    worst_5: float
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser, default_dims=768)
+    runs = parser.add_argument_group("what to evaluate")
+    runs.add_argument("--prefix", type=comma_list(int), default=None,
+                      help="prefix sizes (default: 32, 64, ... below the full dims)")
+    runs.add_argument("--candidates", type=comma_list(int), default=[10, 20, 40, 80, 160],
+                      help="first-stage candidate counts (default 10,20,40,80,160)")
+    runs.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    runs.add_argument("--distance", type=Distance.parse, default=Distance.COSINE,
+                      help="cosine, inner_product or l2 (default cosine)")
+    runs.add_argument("--target-recall", type=float, default=0.95,
+                      help="mean recall@k the recommended prefix must reach (default 0.95)")
+    runs.add_argument("--worst", action="store_true",
+                      help="require the target of the worst 5%% of queries (their mean recall) too")
+    out = parser.add_argument_group("output")
+    out.add_argument("--plot", type=Path, default=Path("mrl-pg-evaluate.png"),
+                     help="PNG to write (default mrl-pg-evaluate.png)")
+    out.add_argument("--json", type=Path, help="write the figures to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        evaluate(args)
+    except MRLError as exc:
+        print(f"mrl-pg evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Compute, print and write everything ``args`` asks for; returns the JSON document."""
+    dataset = _load(args, lambda: engine_from_args(args))
+    prefixes = args.prefix or _default_prefixes(dataset.dims)
+    _check(args, dataset, prefixes)
+    print(f"data: {dataset.source}; {len(dataset.vectors)} rows x {dataset.dims} dims, "
+          f"{len(dataset.queries)} queries, k={args.k}, {args.distance.value} distance")
+    figures = prefix_recall(dataset.vectors, dataset.queries, prefixes, args.candidates, args.k,
+                            args.distance)
+    choice = recommend(figures, args.target_recall, args.worst)
+    print(_table(figures, args.k))
+    print(_recommendation_text(choice, args.target_recall, args.worst))
+    document = _document(args, dataset, figures, choice)
+    if args.json is not None:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    from mrl_pg.measure.plot import evaluate_plot
+
+    evaluate_plot(
+        figures[0].candidates,
+        {f.dims: f.mean() for f in figures},
+        {f.dims: f.worst(0.05) for f in figures},
+        args.target_recall,
+        args.plot,
+        f"recall@{args.k}, exact prefix ranking then full rerank; {dataset.source}",
+    )
+    print(f"plot written to {args.plot}")
+    return document
+
+
+def recommend(
+    figures: Sequence[PrefixRecall], target: float, worst: bool
+) -> Recommendation | None:
+    """The smallest prefix (then fewest candidates) reaching ``target``."""
+    for figure in sorted(figures, key=lambda f: f.dims):
+        for count, mean, low in zip(figure.candidates, figure.mean(), figure.worst(0.05),
+                                    strict=True):
+            if mean >= target and (not worst or low >= target):
+                return Recommendation(figure.dims, count, mean, low)
+    return None
+
+
+def _load(args: argparse.Namespace, engine: Callable[[], Engine]) -> Dataset:
+    made: list[Engine] = []
+
+    def connect() -> Engine:
+        made.append(engine())
+        return made[-1]
+
+    try:
+        return dataset_from_args(args, connect)
+    finally:
+        for each in made:
+            each.dispose()
+
+
+def _default_prefixes(dims: int) -> list[int]:
+    sizes, size = [], 32
+    while size < dims:
+        sizes.append(size)
+        size *= 2
+    return sizes or [dims // 2]
+
+
+def _check(args: argparse.Namespace, dataset: Dataset, prefixes: list[int]) -> None:
+    if args.k < 1:
+        raise SearchParameterError(f"k must be positive, got {args.k}")
+    dataset.check_k(args.k)
+    for count in args.candidates:
+        if count < args.k:
+            raise SearchParameterError(f"candidates ({count}) must be at least k ({args.k})")
+    for dims in prefixes:
+        if not 0 < dims < dataset.dims:
+            raise PrefixConfigError(
+                f"prefix size {dims} must be between 1 and the vectors' {dataset.dims - 1}"
+            )
+    if not 0 < args.target_recall <= 1:
+        raise SearchParameterError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+
+
+def _table(figures: Sequence[PrefixRecall], k: int) -> str:
+    lines = [f"{'prefix':>6} {'cand':>5} {f'recall@{k}':>9} {'worst 5%':>9} {'worst 1%':>9}"]
+    for figure in figures:
+        for count, mean, low5, low1 in zip(figure.candidates, figure.mean(), figure.worst(0.05),
+                                           figure.worst(0.01), strict=True):
+            lines.append(f"{figure.dims:>6} {count:>5} {mean:>9.3f} {low5:>9.3f} {low1:>9.3f}")
+    return "\n".join(lines)
+
+
+def _recommendation_text(choice: Recommendation | None, target: float, worst: bool) -> str:
+    goal = f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
+    if choice is None:
+        return (f"no prefix size reaches {goal}: try more candidates, larger prefixes, or "
+                "the full-dimension index")
+    return (f"recommended: prefix {choice.prefix_dims} with {choice.candidates} candidates "
+            f"(recall {choice.recall:.3f}, worst 5% of queries {choice.worst_5:.3f}) "
+            f"is the smallest reaching {goal}")
+
+
+def _document(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    figures: Sequence[PrefixRecall],
+    choice: Recommendation | None,
+) -> dict[str, Any]:
+    rows = [
+        {"prefix_dims": f.dims, "candidates": count, "k": args.k, "recall": mean,
+         "worst_5pct": low5, "worst_1pct": low1}
+        for f in figures
+        for count, mean, low5, low1 in zip(f.candidates, f.mean(), f.worst(0.05),
+                                           f.worst(0.01), strict=True)
+    ]
+    return {
+        "rows": len(dataset.vectors),
+        "dims": dataset.dims,
+        "queries": len(dataset.queries),
+        "target_recall": args.target_recall,
+        "results": rows,
+        "recommended": None if choice is None else choice.__dict__,
+    }

@@ -1,0 +1,148 @@
+"""The scratch table a bench runs on, in a schema of its own that is dropped afterwards.
+
+The table holds ``id`` (the row's position in the data set), the full vector, and one
+generated prefix column per measured (prefix size, storage). Rows are loaded by binary
+``COPY`` before any index exists; each HNSW index is then built on its own, timed, measured
+with ``pg_relation_size`` and dropped again, so every method runs beside only its own index.
+A user's table is never touched: its vectors are read once and copied here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import Column, Engine, Index, Integer, MetaData, Table, text
+
+from mrl_pg.declare import Prefix, add_prefix_column, prefixes_of
+from mrl_pg.load import copy_vectors
+from mrl_pg.measure.inputs import Dataset
+from mrl_pg.measure.progress import enabled, index_build_bar
+from mrl_pg.prefix import Distance, Storage
+
+TABLE = "bench_items"
+FULL_COLUMN = "embedding"
+
+INDEX_SIZE_SQL = text(
+    "SELECT pg_relation_size(c.oid) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = :name"
+)
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    name: str
+    size_bytes: int
+    build_s: float
+
+
+@dataclass(frozen=True)
+class HNSWParameters:
+    m: int = 16
+    ef_construction: int = 64
+
+
+class ScratchTable:
+    """A table of ``dataset``'s vectors with the prefix columns ``prefixes`` declares."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dataset: Dataset,
+        prefixes: list[tuple[int, Storage]],
+        distance: Distance,
+        hnsw: HNSWParameters,
+    ) -> None:
+        self.engine = engine
+        self.dataset = dataset
+        self.distance = distance
+        self.hnsw = hnsw
+        self.schema = f"mrl_pg_bench_{uuid.uuid4().hex[:10]}"
+        full_type = HALFVEC(dataset.dims) if dataset.half else VECTOR(dataset.dims)
+        self.table = Table(
+            TABLE,
+            MetaData(schema=self.schema),
+            Column("id", Integer, primary_key=True, autoincrement=False),
+            Column(FULL_COLUMN, full_type, nullable=False),
+        )
+        for dims, storage in prefixes:
+            add_prefix_column(
+                self.table,
+                FULL_COLUMN,
+                dims,
+                name=prefix_column_name(dims, storage),
+                distance=distance,
+                storage=storage,
+                m=hnsw.m,
+                ef_construction=hnsw.ef_construction,
+            )
+
+    @property
+    def full_type_name(self) -> str:
+        return "halfvec" if self.dataset.half else "vector"
+
+    @property
+    def qualified_name(self) -> str:
+        return f'"{self.schema}"."{TABLE}"'
+
+    def prefix(self, dims: int, storage: Storage) -> Prefix:
+        name = prefix_column_name(dims, storage)
+        return next(p for p in prefixes_of(self.table) if p.name == name)
+
+    def create(self) -> None:
+        """Create the schema and table, load the rows, analyse; no HNSW index yet."""
+        with self.engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            self.table.create(conn)
+            for index in self.table.indexes:
+                index.drop(conn)
+            vectors = self.dataset.vectors
+            copy_vectors(
+                conn, self.table, FULL_COLUMN, vectors, {"id": range(len(vectors))},
+                progress=enabled(),
+            )
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM ANALYZE {self.qualified_name}"))
+
+    def full_index(self) -> Index:
+        """An HNSW index on the full vectors, with the prefixes' HNSW parameters."""
+        return Index(
+            f"{TABLE}_full_hnsw",
+            self.table.c[FULL_COLUMN],
+            postgresql_using="hnsw",
+            postgresql_with={"m": self.hnsw.m, "ef_construction": self.hnsw.ef_construction},
+            postgresql_ops={FULL_COLUMN: f"{self.full_type_name}_{self.distance.opclass_suffix}"},
+        )
+
+    def prefix_index(self, prefix: Prefix) -> Index:
+        return next(i for i in self.table.indexes if i.name == prefix.index_name)
+
+    def build(self, index: Index) -> BuiltIndex:
+        """Create ``index``, timing the build, and return its size."""
+        with self.engine.connect() as conn:
+            pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            conn.commit()
+            with index_build_bar(self.engine, pid, f"index {index.name}"):
+                started = time.perf_counter()
+                index.create(conn)
+                conn.commit()
+                seconds = time.perf_counter() - started
+            size = conn.execute(
+                INDEX_SIZE_SQL, {"schema": self.schema, "name": index.name}
+            ).scalar_one()
+            conn.commit()
+        return BuiltIndex(str(index.name), int(size), seconds)
+
+    def drop_index(self, index: Index) -> None:
+        with self.engine.begin() as conn:
+            index.drop(conn)
+
+    def drop(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+
+def prefix_column_name(dims: int, storage: Storage) -> str:
+    return f"{FULL_COLUMN}_{dims}_{storage.value}"
