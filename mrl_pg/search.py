@@ -116,15 +116,17 @@ def mrl_search(
     - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan; a filtered
       search raises it to 100,000 (and ``hnsw.scan_mem_multiplier`` to 2) unless given.
 
-    Statements for a model or table are built once per set of options and reused with the
-    new query vector bound, so repeated searches cost little Python time.
+    Statements are built once per model, table or shape of ``select()`` and set of options,
+    then reused with the new values bound, so repeated searches cost little Python time.
     """
     options = SearchOptions(
         k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples
     )
-    frozen = None if isinstance(target, Select) else options.frozen()
+    frozen = options.frozen()
     if frozen is None:
         return plan_search(_base_select(target), query, options).select()
+    if isinstance(target, Select):
+        return _from_select_template(target, frozen, query)
     template, full = _template(target, frozen)
     return template.params({QUERY_PARAM: as_query_array(query, full)})
 
@@ -133,6 +135,40 @@ def mrl_search(
 def _template(target: type | Table, options: SearchOptions) -> tuple[Select[Any], FullVector]:
     plan = plan_search(_base_select(target), None, options)
     return plan.select(), plan.full
+
+
+#: Search statements for ``select()`` targets, by the select's structure (its SQLAlchemy cache
+#: key, which leaves out bound values) and the options; with the template's own bound
+#: parameters, in the order the cache key lists them.
+_SELECT_TEMPLATES: dict[
+    tuple[Any, SearchOptions], tuple[Select[Any], FullVector, list[BindParameter[Any]]]
+] = {}
+_SELECT_TEMPLATES_MAX = 512
+
+
+def _from_select_template(
+    base: Select[Any], options: SearchOptions, query: QueryLike
+) -> Select[Any]:
+    """The search over ``base`` from a template built for an earlier select of the same shape,
+    with ``base``'s own bound values (a tenant id, a date) put in place of the earlier ones."""
+    cache_key = base._generate_cache_key()
+    if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
+        return plan_search(base, query, options).select()
+    slot = (cache_key.key, options)
+    cached = _SELECT_TEMPLATES.get(slot)
+    if cached is None:
+        plan = plan_search(base, None, options)
+        cached = (plan.select(), plan.full, list(cache_key.bindparams))
+        if len(_SELECT_TEMPLATES) >= _SELECT_TEMPLATES_MAX:
+            _SELECT_TEMPLATES.clear()
+        _SELECT_TEMPLATES[slot] = cached
+    template, full, template_binds = cached
+    values = {
+        old.key: new.effective_value
+        for old, new in zip(template_binds, cache_key.bindparams, strict=True)
+    }
+    values[QUERY_PARAM] = as_query_array(query, full)
+    return template.params(values)
 
 
 def plan_search(

@@ -19,8 +19,12 @@ def create_and_load(
     vectors: npt.NDArray[np.float32],
     other_columns: Mapping[str, Sequence[Any]],
 ) -> None:
-    """Create ``table``, fill it, then build its indexes (much faster than the other order)."""
+    """Create ``table``, fill it, then build its indexes (much faster than the other order).
+
+    The indexes are built by one process: a parallel HNSW build's graph depends on how the
+    workers interleave, which would make recall figures vary from run to run."""
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL max_parallel_maintenance_workers = 0"))
         table.create(conn)
         for index in table.indexes:
             index.drop(conn)

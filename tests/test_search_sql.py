@@ -178,3 +178,17 @@ def test_prefix_found_in_select_from_when_not_selected() -> None:
     text = sql(mrl_search(base, QUERY, prefix="cosine_vector"))
     assert text.startswith("SELECT mrl_candidates_0.one, mrl_candidates_0.mrl_full <=>")
     assert "FROM docs WHERE docs.tenant = " in text
+
+
+def test_select_templates_bind_each_selects_own_values() -> None:
+    statements = [
+        mrl_search(select(Doc).where(Doc.tenant == tenant, Doc.title != f"t{tenant}"),
+                   QUERY * tenant, prefix="cosine_vector")
+        for tenant in (1, 2, 3)
+    ]
+    for tenant, stmt in zip((1, 2, 3), statements, strict=True):
+        text = sql(stmt, literal=True)
+        assert f"WHERE docs.tenant = {tenant} AND docs.title != 't{tenant}'" in text
+        assert f"'[{-1.0 * tenant}," in text
+    different_shape = mrl_search(select(Doc).where(Doc.tenant > 7), QUERY, prefix="cosine_vector")
+    assert "WHERE docs.tenant > 7" in sql(different_shape, literal=True)
