@@ -1,0 +1,26 @@
+"""Alembic support for MRL prefixes; import this module in ``env.py`` to enable it.
+
+It registers ``op.add_mrl_prefix``, ``op.resize_mrl_prefix`` and ``op.drop_mrl_prefix`` and an
+autogenerate pass that emits them. With Alembic >= 1.20 the autogenerate pass is also
+available as the plugin ``mrl_pg`` (see :mod:`mrl_pg.alembic_plugin`).
+"""
+
+from __future__ import annotations
+
+from mrl_pg.alembic import autogen  # registers the autogenerate pass and renderers
+from mrl_pg.alembic.ops import (
+    AddMRLPrefixOp,
+    DropMRLPrefixOp,
+    MigrationCheckError,
+    ResizeMRLPrefixOp,
+)
+from mrl_pg.alembic.prefix_args import MRLPrefix
+
+__all__ = [
+    "AddMRLPrefixOp",
+    "DropMRLPrefixOp",
+    "MRLPrefix",
+    "MigrationCheckError",
+    "ResizeMRLPrefixOp",
+    "autogen",
+]

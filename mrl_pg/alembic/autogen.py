@@ -1,0 +1,173 @@
+"""Autogenerate support: prefix changes become mrl_pg operations, never ``alter_column``.
+
+Alembic alone sees a changed prefix as ``alter_column(type_=...)``, which PostgreSQL rejects
+for a generated column, and a new one as a plain ``add_column``/``create_index`` pair. After
+Alembic's own comparison, this pass compares each table's declared prefixes with the ones in
+the database, removes Alembic's column and index operations for them, and puts
+``op.add_mrl_prefix`` / ``op.resize_mrl_prefix`` / ``op.drop_mrl_prefix`` in their place.
+"""
+
+from __future__ import annotations
+
+from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import ops
+from alembic.util import DispatchPriority, PriorityDispatchResult
+from sqlalchemy import Table
+
+from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
+from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
+from mrl_pg.declare import prefixes_of
+
+_IMPORT = "from mrl_pg.alembic import MRLPrefix"
+
+
+def compare_prefixes(
+    autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps
+) -> PriorityDispatchResult:
+    connection = autogen_context.connection
+    if connection is None or autogen_context.dialect is None:
+        return PriorityDispatchResult.CONTINUE
+    if autogen_context.dialect.name != "postgresql":
+        return PriorityDispatchResult.CONTINUE
+    created = {
+        (op.schema, op.table_name) for op in upgrade_ops.ops if isinstance(op, ops.CreateTableOp)
+    }
+    for table in autogen_context.sorted_tables:
+        key = (table.schema, table.name)
+        if key in created or not _included(autogen_context, table):
+            continue
+        if not table_exists(connection, table.name, table.schema):
+            continue
+        changes = _table_changes(
+            autogen_context, table, reflect_prefixes(connection, table.name, table.schema)
+        )
+        if changes is not None:
+            _replace_in(upgrade_ops, table, *changes)
+    return PriorityDispatchResult.CONTINUE
+
+
+comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)(compare_prefixes)
+
+
+def _included(autogen_context: AutogenContext, table: Table) -> bool:
+    return bool(
+        autogen_context.run_name_filters(table.name, "table", {"schema_name": table.schema})
+        and autogen_context.run_object_filters(table, table.name, "table", False, None)
+    )
+
+
+def _table_changes(
+    autogen_context: AutogenContext, table: Table, in_database: dict[str, MRLPrefix]
+) -> tuple[list[ops.MigrateOperation], set[str], set[str]] | None:
+    """The mrl ops for ``table``, and the column and index names whose Alembic ops they
+    replace; None when the table's prefixes are all as declared."""
+    declared = {
+        prefix.name: (prefix, MRLPrefix.from_declared(prefix)) for prefix in prefixes_of(table)
+    }
+    new_ops: list[ops.MigrateOperation] = []
+    columns: set[str] = set()
+    indexes: set[str] = set()
+    for name in [*declared, *(n for n in in_database if n not in declared)]:
+        model_side = declared.get(name)
+        db_side = in_database.get(name)
+        if model_side is not None:
+            if not autogen_context.run_object_filters(
+                model_side[0].column, name, "column", False, None
+            ):
+                continue
+        elif (
+            not autogen_context.run_name_filters(
+                name, "column", {"table_name": table.name, "schema_name": table.schema}
+            )
+            or name in table.c
+        ):
+            continue
+        columns.add(name)
+        for side in (model_side[1] if model_side else None, db_side):
+            if side is not None:
+                indexes.add(side.index(table.name))
+        if model_side is None and db_side is not None:
+            new_ops.append(DropMRLPrefixOp(table.name, db_side, schema=table.schema))
+        elif model_side is not None and db_side is None:
+            new_ops.append(AddMRLPrefixOp(table.name, model_side[1], schema=table.schema))
+        elif (
+            model_side is not None
+            and db_side is not None
+            and (model_side[1].ddl_signature(table.name) != db_side.ddl_signature(table.name))
+        ):
+            new_ops.append(
+                ResizeMRLPrefixOp(table.name, db_side, model_side[1], schema=table.schema)
+            )
+    if not columns:
+        return None
+    return new_ops, columns, indexes
+
+
+def _replace_in(
+    upgrade_ops: ops.UpgradeOps,
+    table: Table,
+    new_ops: list[ops.MigrateOperation],
+    columns: set[str],
+    indexes: set[str],
+) -> None:
+    modify = next(
+        (
+            op
+            for op in upgrade_ops.ops
+            if isinstance(op, ops.ModifyTableOps)
+            and (op.schema, op.table_name) == (table.schema, table.name)
+        ),
+        None,
+    )
+    if modify is None:
+        if not new_ops:
+            return
+        modify = ops.ModifyTableOps(table.name, [], schema=table.schema)
+        upgrade_ops.ops.append(modify)
+    modify.ops = [op for op in modify.ops if not _replaced(op, columns, indexes)] + new_ops
+    if modify.is_empty():
+        upgrade_ops.ops.remove(modify)
+
+
+def _replaced(op: ops.MigrateOperation, columns: set[str], indexes: set[str]) -> bool:
+    """Whether ``op`` is one of Alembic's (or an earlier pass's) ops on these prefixes."""
+    if isinstance(op, (AddMRLPrefixOp, DropMRLPrefixOp)):
+        return op.prefix.column in columns
+    if isinstance(op, ResizeMRLPrefixOp):
+        return op.new.column in columns or op.old.column in columns
+    if isinstance(op, (ops.AddColumnOp, ops.DropColumnOp, ops.AlterColumnOp)):
+        return (
+            op.to_column().name in columns
+            if isinstance(op, ops.AddColumnOp)
+            else (op.column_name in columns)
+        )
+    if isinstance(op, (ops.CreateIndexOp, ops.DropIndexOp)):
+        return op.index_name in indexes
+    return False
+
+
+def _render(
+    autogen_context: AutogenContext, name: str, table: str, schema: str | None, *prefixes: MRLPrefix
+) -> str:
+    autogen_context.imports.add(_IMPORT)
+    args = [repr(table), *(repr(p) for p in prefixes)]
+    if schema is not None:
+        args.append(f"schema={schema!r}")
+    return f"op.{name}({', '.join(args)})"
+
+
+@renderers.dispatch_for(AddMRLPrefixOp)
+def _render_add(autogen_context: AutogenContext, op: AddMRLPrefixOp) -> str:
+    return _render(autogen_context, "add_mrl_prefix", op.table_name, op.schema, op.prefix)
+
+
+@renderers.dispatch_for(DropMRLPrefixOp)
+def _render_drop(autogen_context: AutogenContext, op: DropMRLPrefixOp) -> str:
+    return _render(autogen_context, "drop_mrl_prefix", op.table_name, op.schema, op.prefix)
+
+
+@renderers.dispatch_for(ResizeMRLPrefixOp)
+def _render_resize(autogen_context: AutogenContext, op: ResizeMRLPrefixOp) -> str:
+    return _render(autogen_context, "resize_mrl_prefix", op.table_name, op.schema, op.old, op.new)

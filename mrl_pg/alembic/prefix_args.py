@@ -1,0 +1,79 @@
+"""A prefix as migrations see it: names and numbers only, so it renders into a migration file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import column
+
+from mrl_pg.declare import Prefix, default_index_name
+from mrl_pg.prefix import Distance, FullVector, PrefixSpec, Storage
+
+
+@dataclass(frozen=True)
+class MRLPrefix:
+    """One prefix column of a table: ``column`` generated from the first ``dims`` dimensions
+    of ``full_column`` (``full_type(full_dims)``), with an HNSW index named ``index_name``
+    (default ``ix_<table>_<column>_hnsw``)."""
+
+    column: str
+    full_column: str
+    full_dims: int
+    dims: int
+    distance: str = Distance.COSINE.value
+    storage: str = Storage.HALFVEC.value
+    m: int = 16
+    ef_construction: int = 64
+    full_type: str = "vector"
+    index_name: str | None = None
+
+    def spec(self) -> PrefixSpec:
+        """The validated declaration; raises mrl_pg's typed errors for bad values."""
+        full = FullVector.from_type(
+            HALFVEC(self.full_dims) if self.full_type == "halfvec" else VECTOR(self.full_dims),
+            self.full_column,
+        )
+        return PrefixSpec.create(
+            self.dims,
+            full,
+            distance=self.distance,
+            storage=self.storage,
+            m=self.m,
+            ef_construction=self.ef_construction,
+        )
+
+    def index(self, table_name: str) -> str:
+        return self.index_name or default_index_name(table_name, self.column)
+
+    def ddl_signature(self, table_name: str) -> tuple[object, ...]:
+        """What the database holds of this prefix: equal signatures need no migration. A bit
+        prefix's distance only matters at query time, so it is left out for bit storage."""
+        spec = self.spec()
+        return (
+            self.column,
+            self.full_column,
+            self.dims,
+            spec.storage,
+            spec.opclass,
+            str(spec.expression(column(self.full_column))),
+            self.m,
+            self.ef_construction,
+            self.index(table_name),
+        )
+
+    @classmethod
+    def from_declared(cls, prefix: Prefix) -> MRLPrefix:
+        spec = prefix.spec
+        return cls(
+            column=prefix.name,
+            full_column=str(prefix.full_column.name),
+            full_dims=spec.full.dims,
+            dims=spec.dims,
+            distance=spec.distance.value,
+            storage=spec.storage.value,
+            m=spec.m,
+            ef_construction=spec.ef_construction,
+            full_type="halfvec" if spec.full.half else "vector",
+            index_name=prefix.index_name,
+        )
