@@ -1,7 +1,9 @@
 """Run mrl_pg end to end on a demo table: add a prefix, search, compare with full HNSW.
 
 Uses ``MRL_PG_DSN`` when set (the demo creates and drops its own table there), else starts
-the embedded PostgreSQL server.
+the embedded PostgreSQL server. The schema comes from the demo app's Alembic migrations in
+``migrations/``: the app table, then ``op.add_mrl_prefix`` (256 dims), then
+``op.resize_mrl_prefix`` (down to 128).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
+from alembic import command
+from alembic.config import Config
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     Column,
@@ -29,75 +32,75 @@ from sqlalchemy import (
     text,
 )
 
-from mrl_pg.declare import add_prefix_column, prefixes_of
+from mrl_pg.declare import add_prefix_column
 from mrl_pg.load import copy_vectors
 from mrl_pg.search import mrl_search
 from mrl_pg.server import create_vector_extension, database_url
 from mrl_pg.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
 
 TABLE = "mrl_pg_demo_items"
+DIMS = 768
+PREFIX_DIMS = 128
+#: The demo app's Alembic project: app table, then a 256-dim prefix, then shrunk to 128.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows in the demo table")
-    parser.add_argument("--dims", type=int, default=768, help="full vector dimensions")
-    parser.add_argument("--prefix", type=int, default=128, help="prefix dimensions")
     parser.add_argument("--queries", type=int, default=100, help="queries to time")
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = create_engine(database_url())
+    if not (MIGRATIONS / "alembic.ini").exists():
+        raise SystemExit(f"the demo's migrations are not at {MIGRATIONS}; run it from a checkout")
+    url = database_url()
+    engine = create_engine(url)
     create_vector_extension(engine)
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
-    metadata = MetaData()
+    config = Config(str(MIGRATIONS / "alembic.ini"))
+    config.attributes["url"] = url
     items = Table(
         TABLE,
-        metadata,
+        MetaData(),
         Column("id", Integer, primary_key=True),
-        Column("embedding", VECTOR(args.dims)),
+        Column("embedding", VECTOR(DIMS)),
     )
-    vectors = mrl_like_vectors(args.rows, args.dims)
+    vectors = mrl_like_vectors(args.rows, DIMS)
     queries = queries_near(vectors, args.queries)
     try:
-        _create_app_table(engine, items, vectors)
-        _add_prefix(engine, items, args.prefix)
+        _create_app_table(engine, config, items, vectors)
+        _migrate(engine, config, "0002", "added a 256-dim halfvec prefix and its HNSW index")
+        _migrate(engine, config, "head", f"shrank the prefix to {PREFIX_DIMS} dims")
+        add_prefix_column(items, "embedding", PREFIX_DIMS, name="embedding_mrl")
         _report(engine, items, vectors, queries)
     finally:
+        command.downgrade(config, "base")
         with engine.begin() as conn:
-            items.drop(conn, checkfirst=True)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         engine.dispose()
     return 0
 
 
-def _create_app_table(engine: Engine, items: Table, vectors: npt.NDArray[np.float32]) -> None:
+def _create_app_table(
+    engine: Engine, config: Config, items: Table, vectors: npt.NDArray[np.float32]
+) -> None:
     started = time.perf_counter()
+    command.upgrade(config, "0001")
     with engine.begin() as conn:
-        items.drop(conn, checkfirst=True)
-        items.create(conn)
         copy_vectors(conn, items, "embedding", vectors, {"id": range(len(vectors))})
-    rows, dims = vectors.shape
-    print(f"1. app table {TABLE}: {rows} rows of {dims}-dim vectors "
-          f"({time.perf_counter() - started:.1f} s)")
+    print(f"1. alembic upgrade 0001: app table {TABLE}, loaded {len(vectors)} rows of "
+          f"{DIMS}-dim vectors ({time.perf_counter() - started:.1f} s)")
 
 
-def _add_prefix(engine: Engine, items: Table, dims: int) -> None:
+def _migrate(engine: Engine, config: Config, revision: str, what: str) -> None:
     started = time.perf_counter()
-    column = add_prefix_column(items, "embedding", dims, storage="halfvec")
-    (prefix,) = prefixes_of(items)
+    command.upgrade(config, revision)
     with engine.begin() as conn:
-        op = Operations(MigrationContext.configure(conn))
-        op.add_column(TABLE, column.copy())
-        op.create_index(
-            prefix.index_name,
-            TABLE,
-            [prefix.name],
-            postgresql_using="hnsw",
-            postgresql_with={"m": prefix.spec.m, "ef_construction": prefix.spec.ef_construction},
-            postgresql_ops={prefix.name: prefix.spec.opclass},
-        )
         conn.execute(text(f"ANALYZE {TABLE}"))
-    print(f"2. added prefix {prefix.name}: first {dims} dims as halfvec, HNSW index "
-          f"{_index_size(engine, prefix.index_name)} ({time.perf_counter() - started:.1f} s)")
+    step = "2" if revision == "0002" else "3"
+    print(f"{step}. alembic upgrade {revision}: {what}, index "
+          f"{_index_size(engine, 'ix_mrl_pg_demo_items_embedding_mrl_hnsw')} "
+          f"({time.perf_counter() - started:.1f} s)")
 
 
 def _report(
@@ -109,7 +112,7 @@ def _report(
     truth = exact_neighbors(vectors, queries, 10)
     with engine.connect() as conn:
         rows = conn.execute(mrl_search(items, queries[0], k=5)).all()
-        print("3. mrl_search(items, query, k=5):")
+        print("4. mrl_search(items, query, k=5):")
         for row in rows:
             print(f"     id={row.id:<8} distance={row.distance:.4f}")
         mrl = _timed(conn, lambda q: mrl_search(select(items.c.id), q, k=10), queries)
@@ -120,7 +123,7 @@ def _report(
             f"CREATE INDEX demo_full_hnsw ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
         ))
     build = time.perf_counter() - started
-    print(f"4. full-dimension HNSW index for comparison: {_index_size(engine, 'demo_full_hnsw')} "
+    print(f"5. full-dimension HNSW index for comparison: {_index_size(engine, 'demo_full_hnsw')} "
           f"({build:.1f} s)")
     with engine.connect() as conn:
         distance = items.c.embedding.op("<=>")
@@ -129,7 +132,7 @@ def _report(
             lambda q: select(items.c.id).order_by(distance(q)).limit(10),
             queries,
         )
-    print("5. recall@10 against exact search, latency over "
+    print("6. recall@10 against exact search, latency over "
           f"{len(queries)} queries (one client):")
     for name, (found, latencies) in (("mrl_search", mrl), ("full-dim HNSW", full)):
         print(f"     {name:<14} recall@10={recall_at_k(found, truth):.3f}  "

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from mrl_pg.server import create_vector_extension, embedded_url, sqlalchemy_url
 
@@ -80,3 +80,16 @@ def schema_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
 def engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
     with schema_engine(database_url, server_engine) as fresh:
         yield fresh
+
+
+@pytest.fixture
+def schema_url(database_url: str, server_engine: Engine) -> Iterator[str]:
+    """A database URL whose connections work in a new, empty schema, for code that makes
+    its own engines (the demo, Alembic environments, README examples)."""
+    with schema_engine(database_url, server_engine) as engine:
+        with engine.connect() as conn:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+        url = make_url(database_url).update_query_dict(
+            {"options": f"-c search_path={schema},public"}
+        )
+        yield url.render_as_string(hide_password=False)

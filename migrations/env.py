@@ -1,0 +1,22 @@
+"""Alembic environment of the demo app."""
+
+from alembic import context
+from models import metadata
+from sqlalchemy import create_engine
+
+import mrl_pg.alembic  # noqa: F401  (op.add_mrl_prefix & co., autogenerate support)
+from mrl_pg.server import database_url
+
+url = context.config.attributes.get("url") or database_url()
+
+if context.is_offline_mode():
+    context.configure(url=url, target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
