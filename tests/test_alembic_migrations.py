@@ -336,3 +336,40 @@ def test_alembic_plugin_entry_point(project: tuple[Config, Engine, Path], import
     assert migration.count("op.add_mrl_prefix(") == 1
     assert migration.count("op.drop_mrl_prefix(") == 1
     assert "op.add_column" not in migration
+
+
+def test_operations_on_a_partitioned_table(database_url: str, server_engine: Engine) -> None:
+    with schema_engine(database_url, server_engine) as engine:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "CREATE TABLE docs (id int, tenant int, embedding vector(64), PRIMARY KEY (id, tenant))"
+                " PARTITION BY LIST (tenant)"
+            ))
+            for tenant in (0, 1):
+                conn.execute(text(f"CREATE TABLE docs_{tenant} PARTITION OF docs FOR VALUES IN ({tenant})"))
+            conn.execute(
+                text("INSERT INTO docs SELECT i, i % 2, CAST(:v AS vector) FROM generate_series(0, 999) i"),
+                {"v": str(VECTORS[0].tolist())},
+            )
+        small = MRLPrefix("embedding_mrl", "embedding", DIMS, 16)
+        large = MRLPrefix("embedding_mrl", "embedding", DIMS, 32, storage="vector")
+
+        def partition_indexes() -> list[str]:
+            with engine.connect() as conn:
+                return list(conn.execute(text(
+                    "SELECT tablename || ':' || indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                    " AND indexdef LIKE '%hnsw%' ORDER BY tablename")).scalars())
+
+        with engine.begin() as conn:
+            Operations(MigrationContext.configure(conn)).add_mrl_prefix("docs", small)  # type: ignore[attr-defined]
+        assert [i.split(":")[0] for i in partition_indexes()] == ["docs", "docs_0", "docs_1"]
+        with engine.begin() as conn:
+            Operations(MigrationContext.configure(conn)).resize_mrl_prefix("docs", small, large)  # type: ignore[attr-defined]
+            wrong = conn.execute(text(
+                "SELECT count(*) FROM docs WHERE embedding_mrl IS DISTINCT FROM subvector(embedding, 1, 32)::vector(32)"
+            )).scalar_one()
+        assert wrong == 0
+        assert all("vector_cosine_ops" in i for i in partition_indexes()) and len(partition_indexes()) == 3
+        with engine.begin() as conn:
+            Operations(MigrationContext.configure(conn)).drop_mrl_prefix("docs", large)  # type: ignore[attr-defined]
+        assert partition_indexes() == []
