@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from mrl_pg.errors import MRLError, SearchParameterError
+from mrl_pg.errors import SearchParameterError
 from mrl_pg.measure import methods, report
 from mrl_pg.measure.arguments import (
     add_source_arguments,
@@ -66,11 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        bench(args)
-    except MRLError as exc:
-        print(f"mrl-pg bench: error: {exc}", file=sys.stderr)
-        return 2
+    bench(args)
     return 0
 
 

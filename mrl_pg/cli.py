@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from mrl_pg.errors import MRLError
+
 #: Subcommand name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
 COMMANDS = {
     "bench": "mrl_pg.bench",
@@ -25,7 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.configure(commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0]))
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command])
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except MRLError as exc:
+        print(f"mrl-pg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

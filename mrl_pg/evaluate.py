@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from mrl_pg.errors import MRLError, PrefixConfigError, SearchParameterError
+from mrl_pg.errors import PrefixConfigError, SearchParameterError
 from mrl_pg.measure.arguments import (
     add_source_arguments,
     comma_list,
@@ -63,11 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        evaluate(args)
-    except MRLError as exc:
-        print(f"mrl-pg evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    evaluate(args)
     return 0
 
 

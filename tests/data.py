@@ -32,3 +32,11 @@ def create_and_load(
         for index in table.indexes:
             index.create(conn)
         conn.execute(text(f'ANALYZE "{table.name}"'))
+
+
+def decaying_vectors(rows: int, dims: int, seed: int) -> npt.NDArray[np.float32]:
+    """Clustered vectors whose leading dimensions vary most, made here, not by mrl_pg."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dims))
+    points = centres[rng.integers(0, 20, rows)] + 0.7 * rng.normal(size=(rows, dims))
+    return (points / (1 + np.arange(dims) / 4)).astype(np.float32)

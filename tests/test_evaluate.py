@@ -22,15 +22,11 @@ from mrl_pg.measure.errors import (
     UnknownTableError,
     VectorFileError,
 )
+from tests.data import decaying_vectors
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def decaying_vectors(rows: int, dims: int, seed: int) -> npt.NDArray[np.float32]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, dims))
-    points = centres[rng.integers(0, 20, rows)] + 0.7 * rng.normal(size=(rows, dims))
-    return (points / (1 + np.arange(dims) / 4)).astype(np.float32)
 
 
 def per_query_recall(vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32],

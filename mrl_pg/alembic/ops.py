@@ -9,7 +9,7 @@ all of it back; the full vectors are never touched. Every operation checks its a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column, text
@@ -28,13 +28,24 @@ class _PrefixOp(MigrateOperation):
         self.schema = schema
 
 
-@Operations.register_operation("add_mrl_prefix")
-class AddMRLPrefixOp(_PrefixOp):
-    """Add a generated prefix column and its HNSW index."""
+class _OnePrefixOp(_PrefixOp):
+    """An operation on one prefix, described whole so that it can be reversed."""
+
+    verb: ClassVar[str]
 
     def __init__(self, table_name: str, prefix: MRLPrefix, *, schema: str | None = None) -> None:
         super().__init__(table_name, schema)
         self.prefix = prefix
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return (self.verb, self.schema, self.table_name, self.prefix)
+
+
+@Operations.register_operation("add_mrl_prefix")
+class AddMRLPrefixOp(_OnePrefixOp):
+    """Add a generated prefix column and its HNSW index."""
+
+    verb = "add_mrl_prefix"
 
     @classmethod
     def add_mrl_prefix(
@@ -50,17 +61,12 @@ class AddMRLPrefixOp(_PrefixOp):
     def reverse(self) -> DropMRLPrefixOp:
         return DropMRLPrefixOp(self.table_name, self.prefix, schema=self.schema)
 
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("add_mrl_prefix", self.schema, self.table_name, self.prefix)
-
 
 @Operations.register_operation("drop_mrl_prefix")
-class DropMRLPrefixOp(_PrefixOp):
+class DropMRLPrefixOp(_OnePrefixOp):
     """Drop a prefix column and its index; ``prefix`` describes it, for the downgrade."""
 
-    def __init__(self, table_name: str, prefix: MRLPrefix, *, schema: str | None = None) -> None:
-        super().__init__(table_name, schema)
-        self.prefix = prefix
+    verb = "drop_mrl_prefix"
 
     @classmethod
     def drop_mrl_prefix(
@@ -75,9 +81,6 @@ class DropMRLPrefixOp(_PrefixOp):
 
     def reverse(self) -> AddMRLPrefixOp:
         return AddMRLPrefixOp(self.table_name, self.prefix, schema=self.schema)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("drop_mrl_prefix", self.schema, self.table_name, self.prefix)
 
 
 @Operations.register_operation("resize_mrl_prefix")
