@@ -1,7 +1,7 @@
 """Alembic environment of the demo app."""
 
 from alembic import context
-from models import metadata
+from demo_app import metadata
 from sqlalchemy import create_engine
 
 import mrl_pg.alembic  # noqa: F401  (op.add_mrl_prefix & co., autogenerate support)

@@ -35,5 +35,5 @@ def test_demo_migrations_match_the_demo_models(schema_url: str) -> None:
     config = Config(str(MIGRATIONS / "alembic.ini"))
     config.attributes["url"] = schema_url
     command.upgrade(config, "head")
-    command.check(config)  # models.py and the head revision agree
+    command.check(config)  # demo_app.py and the head revision agree
     command.downgrade(config, "base")
