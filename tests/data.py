@@ -31,7 +31,7 @@ def create_and_load(
         copy_vectors(conn, table, column, vectors, other_columns)
         for index in table.indexes:
             index.create(conn)
-        conn.execute(text(f'ANALYZE "{table.name}"'))
+        conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}"))
 
 
 def decaying_vectors(rows: int, dims: int, seed: int) -> npt.NDArray[np.float32]:

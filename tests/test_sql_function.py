@@ -18,11 +18,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from mrl_pg import Distance, add_prefix_column
-from mrl_pg.load import copy_vectors
 from mrl_pg.sql import SCRIPT_VERSION, install, script
 from mrl_pg.synthetic import exact_distances, exact_neighbors, mrl_like_vectors, queries_near
 from mrl_pg.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
+from tests.data import create_and_load
 
 ROWS = 5_000
 DIMS = 256
@@ -56,18 +56,6 @@ hostile = Table(
 )
 add_prefix_column(hostile, HOSTILE_FULL, PREFIX, name=HOSTILE_PREFIX, storage="vector")
 
-
-def create_and_load(
-    engine: Engine, table: Table, column: str, vectors: Any, others: dict[str, list[Any]]
-) -> None:
-    with engine.begin() as conn:
-        table.create(conn)
-        for index in table.indexes:
-            index.drop(conn)
-        copy_vectors(conn, table, column, vectors, others)
-        for index in table.indexes:
-            index.create(conn)
-        conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}"))
 
 
 @pytest.fixture(scope="module")
