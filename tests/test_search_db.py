@@ -217,3 +217,15 @@ def test_streaming_results(session: Session) -> None:
     streamed = [doc.id for doc, _ in session.execute(stmt.execution_options(yield_per=7))]
     assert streamed == [doc.id for doc, _ in session.execute(stmt)]
     assert len(streamed) == 50
+
+
+def test_in_list_filters_of_different_lengths(session: Session) -> None:
+    for tenants in ([3], [3, 4, 5], [6, 7]):
+        stmt = mrl_search(
+            select(Doc).where(Doc.tenant.in_(tenants)), QUERY_VECTORS[6], k=5, prefix="cosine_vector"
+        )
+        rows = session.execute(stmt).all()
+        assert len(rows) == 5 and {doc.tenant for doc, _ in rows} <= set(tenants)
+        keep = np.flatnonzero(np.isin(np.arange(ROWS) % TENANTS, tenants))
+        expected = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS[6:7], 5)[0]].tolist()
+        assert [doc.id for doc, _ in rows] == expected
