@@ -135,11 +135,16 @@ def prefixes_of(table: Table) -> list[Prefix]:
 
 def default_index_name(table_name: str, column_name: str) -> str:
     """``ix_<table>_<column>_hnsw``, shortened with a hash when PostgreSQL would truncate it."""
-    name = f"ix_{table_name}_{column_name}_hnsw"
-    if len(name) <= MAX_IDENTIFIER_LENGTH:
+    return fit_identifier(f"ix_{table_name}_{column_name}_hnsw")
+
+
+def fit_identifier(name: str) -> str:
+    """``name`` if PostgreSQL keeps it whole, else shortened and made unique with a hash."""
+    if len(name.encode()) <= MAX_IDENTIFIER_LENGTH:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_IDENTIFIER_LENGTH - 9]}_{digest}"
+    head = name.encode()[: MAX_IDENTIFIER_LENGTH - 9].decode(errors="ignore")
+    return f"{head}_{digest}"
 
 
 def hnsw_index(prefix_column: Column[Any], spec: PrefixSpec, name: str) -> Index:

@@ -277,7 +277,7 @@ def test_offline_sql(project: tuple[Config, Engine, Path]) -> None:
     sql = buffer.getvalue()
     assert "ALTER TABLE items ADD COLUMN embedding_mrl HALFVEC(16) GENERATED ALWAYS AS" in sql
     assert "CREATE INDEX ix_items_embedding_mrl_hnsw ON items USING hnsw (embedding_mrl halfvec_cosine_ops)" in sql
-    assert "DROP INDEX ix_items_embedding_mrl_hnsw" in sql
+    assert 'DROP INDEX "ix_items_embedding_mrl_hnsw"' in sql
     assert "ALTER TABLE items ADD COLUMN embedding_mrl HALFVEC(8)" in sql
 
 

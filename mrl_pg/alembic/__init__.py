@@ -8,12 +8,8 @@ available as the plugin ``mrl_pg`` (see :mod:`mrl_pg.alembic_plugin`).
 from __future__ import annotations
 
 from mrl_pg.alembic import autogen  # registers the autogenerate pass and renderers
-from mrl_pg.alembic.ops import (
-    AddMRLPrefixOp,
-    DropMRLPrefixOp,
-    MigrationCheckError,
-    ResizeMRLPrefixOp,
-)
+from mrl_pg.alembic.checks import MigrationCheckError
+from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.prefix_args import MRLPrefix
 
 __all__ = [

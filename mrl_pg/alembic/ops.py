@@ -12,20 +12,30 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, Computed, column, text
+from sqlalchemy import Column, Computed, column
 
+from mrl_pg.alembic.checks import check
+from mrl_pg.alembic.maintained import TableRef, drop_trigger_sql, ident
+from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
+from mrl_pg.alembic.online_run import run_online
 from mrl_pg.alembic.prefix_args import MRLPrefix
-from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
-
-
-class MigrationCheckError(MRLError, ValueError):
-    """The database does not allow the migration: unknown table or column, a name in use."""
+from mrl_pg.errors import PrefixConfigError
 
 
 class _PrefixOp(MigrateOperation):
-    def __init__(self, table_name: str, schema: str | None = None) -> None:
+    def __init__(
+        self, table_name: str, schema: str | None, online: bool, batch_size: int
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PrefixConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.table_name = table_name
         self.schema = schema
+        self.online = online
+        self.batch_size = batch_size
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments that carry over to the reverse operation."""
+        return {"schema": self.schema, "online": self.online, "batch_size": self.batch_size}
 
 
 class _OnePrefixOp(_PrefixOp):
@@ -33,64 +43,77 @@ class _OnePrefixOp(_PrefixOp):
 
     verb: ClassVar[str]
 
-    def __init__(self, table_name: str, prefix: MRLPrefix, *, schema: str | None = None) -> None:
-        super().__init__(table_name, schema)
+    def __init__(
+        self,
+        table_name: str,
+        prefix: MRLPrefix,
+        *,
+        schema: str | None = None,
+        online: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        super().__init__(table_name, schema, online, batch_size)
         self.prefix = prefix
+
+    @classmethod
+    def invoke_for(
+        cls,
+        operations: Operations,
+        table_name: str,
+        prefix: MRLPrefix,
+        *,
+        schema: str | None = None,
+        online: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        operations.invoke(
+            cls(table_name, prefix, schema=schema, online=online, batch_size=batch_size)
+        )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return (self.verb, self.schema, self.table_name, self.prefix)
 
 
-@Operations.register_operation("add_mrl_prefix")
+@Operations.register_operation("add_mrl_prefix", "invoke_for")
 class AddMRLPrefixOp(_OnePrefixOp):
-    """Add a generated prefix column and its HNSW index."""
+    """Add a generated prefix column and its HNSW index; with ``online=True``, a
+    trigger-maintained column built without a table rewrite (see :mod:`mrl_pg.alembic.online`).
+    """
 
     verb = "add_mrl_prefix"
 
-    @classmethod
-    def add_mrl_prefix(
-        cls,
-        operations: Operations,
-        table_name: str,
-        prefix: MRLPrefix,
-        *,
-        schema: str | None = None,
-    ) -> None:
-        operations.invoke(cls(table_name, prefix, schema=schema))
-
     def reverse(self) -> DropMRLPrefixOp:
-        return DropMRLPrefixOp(self.table_name, self.prefix, schema=self.schema)
+        return DropMRLPrefixOp(self.table_name, self.prefix, **self.options())
 
 
-@Operations.register_operation("drop_mrl_prefix")
+@Operations.register_operation("drop_mrl_prefix", "invoke_for")
 class DropMRLPrefixOp(_OnePrefixOp):
-    """Drop a prefix column and its index; ``prefix`` describes it, for the downgrade."""
+    """Drop a prefix column and its index; ``prefix`` describes it, for the downgrade. With
+    ``online=True`` the drop waits for its lock in short, retried attempts, and the downgrade
+    adds the prefix back online."""
 
     verb = "drop_mrl_prefix"
 
-    @classmethod
-    def drop_mrl_prefix(
-        cls,
-        operations: Operations,
-        table_name: str,
-        prefix: MRLPrefix,
-        *,
-        schema: str | None = None,
-    ) -> None:
-        operations.invoke(cls(table_name, prefix, schema=schema))
-
     def reverse(self) -> AddMRLPrefixOp:
-        return AddMRLPrefixOp(self.table_name, self.prefix, schema=self.schema)
+        return AddMRLPrefixOp(self.table_name, self.prefix, **self.options())
 
 
 @Operations.register_operation("resize_mrl_prefix")
 class ResizeMRLPrefixOp(_PrefixOp):
-    """Replace prefix ``old`` by ``new``: other dims, storage, distance or HNSW parameters."""
+    """Replace prefix ``old`` by ``new``: other dims, storage, distance or HNSW parameters.
+    With ``online=True`` the new prefix is built beside the old one and swapped in."""
 
     def __init__(
-        self, table_name: str, old: MRLPrefix, new: MRLPrefix, *, schema: str | None = None
+        self,
+        table_name: str,
+        old: MRLPrefix,
+        new: MRLPrefix,
+        *,
+        schema: str | None = None,
+        online: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        super().__init__(table_name, schema)
+        super().__init__(table_name, schema, online, batch_size)
         self.old = old
         self.new = new
 
@@ -103,11 +126,15 @@ class ResizeMRLPrefixOp(_PrefixOp):
         new: MRLPrefix,
         *,
         schema: str | None = None,
+        online: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        operations.invoke(cls(table_name, old, new, schema=schema))
+        operations.invoke(
+            cls(table_name, old, new, schema=schema, online=online, batch_size=batch_size)
+        )
 
     def reverse(self) -> ResizeMRLPrefixOp:
-        return ResizeMRLPrefixOp(self.table_name, self.new, self.old, schema=self.schema)
+        return ResizeMRLPrefixOp(self.table_name, self.new, self.old, **self.options())
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("resize_mrl_prefix", self.schema, self.table_name, self.old, self.new)
@@ -115,94 +142,59 @@ class ResizeMRLPrefixOp(_PrefixOp):
 
 @Operations.implementation_for(AddMRLPrefixOp)
 def add_mrl_prefix(operations: Operations, operation: AddMRLPrefixOp) -> None:
-    _check(operations, operation.table_name, operation.schema, adding=operation.prefix)
-    _add(operations, operation.table_name, operation.prefix, operation.schema)
+    table = TableRef(operation.table_name, operation.schema)
+    if operation.online:
+        run_online(operations, OnlineChange(table, operation.prefix, None, operation.batch_size))
+        return
+    check(operations, table, adding=operation.prefix)
+    _add(operations, table, operation.prefix)
 
 
 @Operations.implementation_for(DropMRLPrefixOp)
 def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
-    _check(operations, operation.table_name, operation.schema, dropping=operation.prefix)
-    _drop(operations, operation.table_name, operation.prefix, operation.schema)
+    table = TableRef(operation.table_name, operation.schema)
+    check(operations, table, dropping=operation.prefix)
+    if operation.online:
+        operations.execute(locked_ddl(table, "drop", _drop_statements(table, operation.prefix)))
+    else:
+        for statement in _drop_statements(table, operation.prefix):
+            operations.execute(statement)
 
 
 @Operations.implementation_for(ResizeMRLPrefixOp)
 def resize_mrl_prefix(operations: Operations, operation: ResizeMRLPrefixOp) -> None:
-    table, schema = operation.table_name, operation.schema
-    _check(operations, table, schema, adding=operation.new, dropping=operation.old)
-    _drop(operations, table, operation.old, schema)
-    _add(operations, table, operation.new, schema)
+    table = TableRef(operation.table_name, operation.schema)
+    if operation.online:
+        change = OnlineChange(table, operation.new, operation.old, operation.batch_size)
+        run_online(operations, change)
+        return
+    check(operations, table, adding=operation.new, dropping=operation.old)
+    for statement in _drop_statements(table, operation.old):
+        operations.execute(statement)
+    _add(operations, table, operation.new)
 
 
-def _add(operations: Operations, table: str, prefix: MRLPrefix, schema: str | None) -> None:
+def _add(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     spec = prefix.spec()
     generated = Computed(spec.expression(column(prefix.full_column)), persisted=True)
-    operations.add_column(table, Column(prefix.column, spec.sql_type(), generated), schema=schema)
+    operations.add_column(
+        table.name, Column(prefix.column, spec.sql_type(), generated), schema=table.schema
+    )
     operations.create_index(
-        prefix.index(table),
-        table,
+        prefix.index(table.name),
+        table.name,
         [prefix.column],
-        schema=schema,
+        schema=table.schema,
         postgresql_using="hnsw",
         postgresql_with={"m": spec.m, "ef_construction": spec.ef_construction},
         postgresql_ops={prefix.column: spec.opclass},
     )
 
 
-def _drop(operations: Operations, table: str, prefix: MRLPrefix, schema: str | None) -> None:
-    operations.drop_index(prefix.index(table), table_name=table, schema=schema)
-    operations.drop_column(table, prefix.column, schema=schema)
-
-
-def _check(
-    operations: Operations,
-    table: str,
-    schema: str | None,
-    *,
-    adding: MRLPrefix | None = None,
-    dropping: MRLPrefix | None = None,
-) -> None:
-    """Validate the prefixes, then, with a database at hand, the table they apply to."""
-    for prefix in (adding, dropping):
-        if prefix is not None:
-            prefix.spec()
-    if operations.get_context().as_sql:
-        return
-    conn = operations.get_bind()
-    qualified = f'"{schema}"."{table}"' if schema else f'"{table}"'
-    columns: dict[str, str] = dict(
-        conn.execute(
-            text(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
-            ),
-            {"t": qualified},
-        ).all()
-    )
-    if not columns:
-        raise MigrationCheckError(f"table {qualified} does not exist")
-    for prefix in (adding, dropping):
-        if prefix is None:
-            continue
-        full_type = columns.get(prefix.full_column)
-        if full_type is None:
-            raise MigrationCheckError(f"table {qualified} has no column {prefix.full_column!r}")
-        expected = f"{prefix.full_type}({prefix.full_dims})"
-        if full_type != expected:
-            raise NotAVectorColumnError(
-                f"column {prefix.full_column!r} of {qualified} is {full_type}, not {expected}"
-            )
-    if dropping is not None and dropping.column not in columns:
-        raise MigrationCheckError(f"table {qualified} has no prefix column {dropping.column!r}")
-    if adding is None:
-        return
-    replaced = dropping.column if dropping is not None else None
-    if adding.column in columns and adding.column != replaced:
-        raise PrefixConfigError(f"table {qualified} already has a column {adding.column!r}")
-    index = adding.index(table)
-    replaced_index = dropping.index(table) if dropping is not None else None
-    index_taken = conn.execute(
-        text("SELECT to_regclass(:i) IS NOT NULL"),
-        {"i": f'"{schema}"."{index}"' if schema else f'"{index}"'},
-    ).scalar_one()
-    if index_taken and index != replaced_index:
-        raise MigrationCheckError(f"an index or table named {index!r} already exists")
+def _drop_statements(table: TableRef, prefix: MRLPrefix) -> list[str]:
+    """Drop the prefix's index, its trigger if an online change made it, and its column."""
+    return [
+        f"DROP INDEX {table.qualify(prefix.index(table.name))}",
+        *drop_trigger_sql(table, prefix.column),
+        f"ALTER TABLE {table.sql} DROP COLUMN {ident(prefix.column)}",
+    ]

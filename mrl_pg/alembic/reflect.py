@@ -6,34 +6,43 @@ import re
 
 from sqlalchemy import Connection, text
 
+from mrl_pg.alembic.maintained import TRIGGER_PREFIX
+from mrl_pg.alembic.online import staging_column
 from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.declare import fit_identifier
 
-_PREFIXES_SQL = text(
+_COLUMNS_SQL = text(
     """
-    SELECT a.attname AS column_name,
-           format_type(a.atttypid, a.atttypmod) AS column_type,
-           pg_get_expr(d.adbin, d.adrelid) AS expression,
-           format_type(f.atttypid, f.atttypmod) AS full_type,
-           ix.relname AS index_name, opc.opcname AS opclass, ix.reloptions AS options
+    SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+           CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END AS generated
     FROM pg_attribute a
-    JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-         AND dep.refobjid = a.attrelid AND dep.refobjsubid > 0
-    JOIN pg_attribute f ON f.attrelid = a.attrelid AND f.attnum = dep.refobjsubid
-    LEFT JOIN LATERAL (
-        SELECT c.relname, x.indclass[0] AS opclass_oid, c.reloptions
-        FROM pg_index x
-        JOIN pg_class c ON c.oid = x.indexrelid
-        JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
-        WHERE x.indrelid = a.attrelid AND x.indnatts = 1 AND x.indkey[0] = a.attnum
-        ORDER BY c.relname LIMIT 1
-    ) ix ON true
-    LEFT JOIN pg_opclass opc ON opc.oid = ix.opclass_oid
-    WHERE a.attrelid = to_regclass(:table) AND a.attgenerated = 's' AND NOT a.attisdropped
-      AND pg_get_expr(d.adbin, d.adrelid) LIKE '%subvector(%'
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
     ORDER BY a.attnum
     """
 )
+_TRIGGERS_SQL = text(
+    """
+    SELECT t.tgname AS name, p.prosrc AS body
+    FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+    WHERE t.tgrelid = to_regclass(:table) AND NOT t.tgisinternal AND t.tgname LIKE :pattern
+    """
+)
+_HNSW_INDEXES_SQL = text(
+    """
+    SELECT a.attname AS column_name, c.relname AS index_name, opc.opcname AS opclass,
+           c.reloptions AS options
+    FROM pg_index x
+    JOIN pg_class c ON c.oid = x.indexrelid
+    JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+    LEFT JOIN pg_opclass opc ON opc.oid = x.indclass[0]
+    WHERE x.indrelid = to_regclass(:table) AND x.indnatts = 1
+    ORDER BY c.relname DESC
+    """
+)
+_TRIGGER_ASSIGNMENT = re.compile(r'NEW\.("(?:[^"]|"")*") := (.*);\s*RETURN NEW;', re.S)
+_NEW_ROW = re.compile(r'\bNEW\.(?=")')
 _DIMS = re.compile(r"\((\d+)\)$")
 _DISTANCE_BY_OPCLASS = {"cosine_ops": "cosine", "ip_ops": "inner_product", "l2_ops": "l2"}
 
@@ -48,31 +57,60 @@ def table_exists(connection: Connection, table: str, schema: str | None) -> bool
 def reflect_prefixes(
     connection: Connection, table: str, schema: str | None
 ) -> dict[str, MRLPrefix]:
-    """The table's prefix columns: STORED generated columns computed with ``subvector`` from
-    one vector/halfvec column, with their HNSW index's operator class and parameters."""
+    """The table's prefix columns, with their HNSW index's operator class and parameters: STORED
+    generated columns, or columns an online change keeps current by trigger, computed with
+    ``subvector`` from one vector/halfvec column. Staging columns of an unfinished online
+    change are left out."""
+    params = {"table": _qualified(table, schema)}
+    columns = connection.execute(_COLUMNS_SQL, params).all()
+    types = {row.name: row.type for row in columns}
+    by_trigger = _trigger_expressions(connection, params["table"])
+    indexes = {row.column_name: row for row in connection.execute(_HNSW_INDEXES_SQL, params)}
+    staging = {staging_column(name) for name in types}
     found: dict[str, MRLPrefix] = {}
-    for row in connection.execute(_PREFIXES_SQL, {"table": _qualified(table, schema)}):
-        full_type, _, full_dims = row.full_type.partition("(")
-        storage = row.column_type.partition("(")[0]
+    for row in columns:
+        expression = row.generated or by_trigger.get(row.name)
+        if expression is None or "subvector(" not in expression or row.name in staging:
+            continue
+        full_column = _unquote(expression.split("subvector(", 1)[1].split(",", 1)[0])
+        full_type, _, full_dims = types.get(full_column, "").partition("(")
+        storage = row.type.partition("(")[0]
         if full_type not in ("vector", "halfvec") or storage not in ("vector", "halfvec", "bit"):
             continue
-        options = dict(option.split("=", 1) for option in row.options or ())
-        suffix = (row.opclass or "").partition("_")[2]
-        distance = _DISTANCE_BY_OPCLASS.get(suffix, "cosine")
-        if storage == "bit" or not row.opclass:
-            distance = "inner_product" if "l2_normalize" in row.expression else "cosine"
-        found[row.column_name] = MRLPrefix(
-            column=row.column_name,
-            full_column=_unquote(row.expression.split("subvector(", 1)[1].split(",", 1)[0]),
+        index = indexes.get(row.name)
+        options = dict(option.split("=", 1) for option in (index.options if index else None) or ())
+        opclass = index.opclass if index else None
+        distance = _DISTANCE_BY_OPCLASS.get((opclass or "").partition("_")[2], "cosine")
+        if storage == "bit" or not opclass:
+            distance = "inner_product" if "l2_normalize" in expression else "cosine"
+        found[row.name] = MRLPrefix(
+            column=row.name,
+            full_column=full_column,
             full_dims=int(full_dims.rstrip(")")),
-            dims=int(_DIMS.search(row.column_type).group(1)),  # type: ignore[union-attr]
+            dims=int(_DIMS.search(row.type).group(1)),  # type: ignore[union-attr]
             distance=distance,
             storage=storage,
             m=int(options.get("m", 16)),
             ef_construction=int(options.get("ef_construction", 64)),
             full_type=full_type,
-            index_name=row.index_name,
+            index_name=index.index_name if index else None,
         )
+    return found
+
+
+def _trigger_expressions(connection: Connection, qualified: str) -> dict[str, str]:
+    """Column name -> prefix expression, for the columns mrl_pg's triggers keep current."""
+    found: dict[str, str] = {}
+    rows = connection.execute(
+        _TRIGGERS_SQL, {"table": qualified, "pattern": TRIGGER_PREFIX.replace("_", "\\_") + "%"}
+    )
+    for row in rows:
+        match = _TRIGGER_ASSIGNMENT.search(row.body)
+        if match is None:
+            continue
+        column = _unquote(match.group(1))
+        if row.name == fit_identifier(TRIGGER_PREFIX + column):
+            found[column] = _NEW_ROW.sub("", match.group(2))
     return found
 
 

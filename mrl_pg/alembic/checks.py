@@ -1,0 +1,69 @@
+"""Checks an operation makes before any DDL: its prefixes, then the table they apply to."""
+
+from __future__ import annotations
+
+from alembic.operations import Operations
+from sqlalchemy import text
+
+from mrl_pg.alembic.maintained import TableRef
+from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
+
+
+class MigrationCheckError(MRLError, ValueError):
+    """The database does not allow the migration: unknown table or column, a name in use."""
+
+
+
+def check(
+    operations: Operations,
+    table_ref: TableRef,
+    *,
+    adding: MRLPrefix | None = None,
+    dropping: MRLPrefix | None = None,
+) -> None:
+    """Validate the prefixes, then, with a database at hand, the table they apply to."""
+    for prefix in (adding, dropping):
+        if prefix is not None:
+            prefix.spec()
+    if operations.get_context().as_sql:
+        return
+    conn = operations.get_bind()
+    table, qualified = table_ref.name, table_ref.sql
+    columns: dict[str, str] = dict(
+        conn.execute(
+            text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            {"t": qualified},
+        ).all()
+    )
+    if not columns:
+        raise MigrationCheckError(f"table {qualified} does not exist")
+    for prefix in (adding, dropping):
+        if prefix is None:
+            continue
+        full_type = columns.get(prefix.full_column)
+        if full_type is None:
+            raise MigrationCheckError(f"table {qualified} has no column {prefix.full_column!r}")
+        expected = f"{prefix.full_type}({prefix.full_dims})"
+        if full_type != expected:
+            raise NotAVectorColumnError(
+                f"column {prefix.full_column!r} of {qualified} is {full_type}, not {expected}"
+            )
+    if dropping is not None and dropping.column not in columns:
+        raise MigrationCheckError(f"table {qualified} has no prefix column {dropping.column!r}")
+    if adding is None:
+        return
+    replaced = dropping.column if dropping is not None else None
+    if adding.column in columns and adding.column != replaced:
+        raise PrefixConfigError(f"table {qualified} already has a column {adding.column!r}")
+    index = adding.index(table)
+    replaced_index = dropping.index(table) if dropping is not None else None
+    index_taken = conn.execute(
+        text("SELECT to_regclass(:i) IS NOT NULL"),
+        {"i": table_ref.qualify(index)},
+    ).scalar_one()
+    if index_taken and index != replaced_index:
+        raise MigrationCheckError(f"an index or table named {index!r} already exists")

@@ -1,0 +1,221 @@
+"""Online prefix changes: no table rewrite, no long exclusive lock.
+
+``op.add_mrl_prefix(..., online=True)`` and ``op.resize_mrl_prefix(..., online=True)`` build
+the new prefix beside the table's current one and swap it in:
+
+1. **prepare**: add a plain staging column and the trigger that fills it on every insert and
+   update (metadata only; a short lock);
+2. **backfill**: fill the staging column of the existing rows, a batch of table blocks per
+   transaction, with progress notices (``mrl_pg: backfill ...``);
+3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column;
+4. **swap**: in one short transaction, drop the old prefix and its index, rename the staging
+   column and index to their final names and hand over the trigger.
+
+Until the swap, the old prefix and its index serve searches as before. Each step can run
+again: after an interruption, rerunning the migration carries on where it stopped, and
+:func:`abandon_sql` (``mrl-pg abandon-online``) removes what an unfinished change left.
+Steps that need a lock take it with a short ``lock_timeout`` and retry, so a long-running
+query delays the change instead of queueing every other query behind it.
+
+The prefix that results is a plain column kept current by a trigger (see
+:mod:`mrl_pg.alembic.maintained`); searches, reflection and autogenerate treat it like a
+generated one. Needs PostgreSQL 14 or later (TID range scans, ``CREATE OR REPLACE TRIGGER``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mrl_pg.alembic.maintained import (
+    DIALECT,
+    TableRef,
+    create_trigger_sql,
+    drop_trigger_sql,
+    expression_sql,
+    ident,
+    literal,
+    trigger_body,
+)
+from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.declare import fit_identifier
+
+#: Rows filled per backfill transaction, by default.
+DEFAULT_BATCH_SIZE = 10_000
+#: How long a step waits for a lock before it lets other queries through and retries.
+LOCK_TIMEOUT_MS = 2_000
+LOCK_ATTEMPTS = 30
+
+
+def staging_column(column: str) -> str:
+    """The column a new prefix is built in before it takes ``column``'s name."""
+    return fit_identifier(f"{column}_mrl_next")
+
+
+@dataclass(frozen=True)
+class OnlineChange:
+    """Build prefix ``new`` on ``table`` (beside ``old``, when resizing) and swap it in."""
+
+    table: TableRef
+    new: MRLPrefix
+    old: MRLPrefix | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    @property
+    def staging_column(self) -> str:
+        return staging_column(self.new.column)
+
+    @property
+    def staging_index(self) -> str:
+        return fit_identifier(f"{self.new.index(self.table.name)}_next")
+
+    @property
+    def staging_type(self) -> str:
+        """The staging column's type as ``format_type`` spells it, e.g. ``halfvec(256)``."""
+        return str(self.new.spec().sql_type().compile(dialect=DIALECT)).lower()
+
+    def prepare_sql(self) -> str:
+        """Add the staging column and its trigger; start over if a different change left one."""
+        table, staging = self.table, self.staging_column
+        stale = (
+            f"EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {table.regclass} "
+            f"AND attname = {literal(staging)} AND NOT attisdropped AND ("
+            f"format_type(atttypid, atttypmod) <> {literal(self.staging_type)} "
+            f"OR (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure("
+            f"{literal(table.function_sql(staging) + '()')})) "
+            f"IS DISTINCT FROM {literal(trigger_body(self.new, staging))}))"
+        )
+        return locked_ddl(
+            table,
+            "prepare",
+            [
+                f"IF {stale} THEN\n"
+                + "".join(f"    {statement};\n" for statement in abandon_statements(table, staging))
+                + "END IF",
+                f"ALTER TABLE {table.sql} ADD COLUMN IF NOT EXISTS {ident(staging)} "
+                f"{self.staging_type}",
+                *create_trigger_sql(table, self.new, staging),
+            ],
+        )
+
+    def backfill_sql(self) -> str:
+        """Fill the staging column of every row that predates the trigger, committing each
+        batch; the leaf partitions of a partitioned table one after the other."""
+        table, staging = self.table, ident(self.staging_column)
+        full = ident(self.new.full_column)
+        expression = expression_sql(self.new, full)
+        update_template = "UPDATE %s " + (
+            f"SET {staging} = {expression} WHERE ctid >= $1 AND ctid < $2 "
+            f"AND {staging} IS NULL AND {full} IS NOT NULL"
+        ).replace("%", "%%")
+        batch = self.batch_size
+        return f"""DO $mrl$
+DECLARE
+    part regclass;
+    blocks bigint;
+    step bigint;
+    low bigint;
+    done bigint;
+    total bigint := 0;
+BEGIN
+    FOR part IN
+        SELECT relid FROM pg_partition_tree({table.regclass}) WHERE isleaf
+        UNION ALL
+        SELECT {table.regclass} WHERE NOT EXISTS (SELECT FROM pg_partition_tree({table.regclass}))
+    LOOP
+        blocks := pg_relation_size(part) / current_setting('block_size')::bigint;
+        SELECT greatest(1, ceil({batch} / CASE WHEN relpages > 0 AND reltuples > 0
+                   THEN greatest(1.0, reltuples / relpages) ELSE 1.0 END))::bigint
+            INTO step FROM pg_class WHERE oid = part;
+        low := 0;
+        WHILE low < blocks LOOP
+            EXECUTE format({literal(update_template)}, part)
+                USING format('(%s,0)', low)::tid, format('(%s,0)', low + step)::tid;
+            GET DIAGNOSTICS done = ROW_COUNT;
+            COMMIT;
+            total := total + done;
+            low := low + step;
+            RAISE NOTICE 'mrl_pg: backfill of %: % rows filled, block % of % of %',
+                {literal(table.sql)}, total, least(low, blocks), blocks, part;
+        END LOOP;
+    END LOOP;
+    LOOP
+        UPDATE {table.sql} SET {staging} = {expression}
+        WHERE {staging} IS NULL AND {full} IS NOT NULL AND ctid = ANY(ARRAY(
+            SELECT ctid FROM {table.sql} WHERE {staging} IS NULL AND {full} IS NOT NULL
+            LIMIT {batch}));
+        EXIT WHEN NOT FOUND;
+        COMMIT;
+    END LOOP;
+END
+$mrl$"""
+
+    def drop_index_sql(self) -> str:
+        return f"DROP INDEX CONCURRENTLY IF EXISTS {self.table.qualify(self.staging_index)}"
+
+    def create_index_sql(self) -> str:
+        spec = self.new.spec()
+        return (
+            f"CREATE INDEX CONCURRENTLY {ident(self.staging_index)} ON {self.table.sql} "
+            f"USING hnsw ({ident(self.staging_column)} {spec.opclass}) "
+            f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
+        )
+
+    def swap_sql(self) -> str:
+        """Retire the old prefix and give the staging column and index their final names."""
+        table, new = self.table, self.new
+        retire: list[str] = []
+        if self.old is not None:
+            retire = [
+                f"DROP INDEX IF EXISTS {table.qualify(self.old.index(table.name))}",
+                *drop_trigger_sql(table, self.old.column),
+                f"ALTER TABLE {table.sql} DROP COLUMN {ident(self.old.column)}",
+            ]
+        return locked_ddl(
+            table,
+            "swap",
+            [
+                *retire,
+                *drop_trigger_sql(table, self.staging_column),
+                f"ALTER TABLE {table.sql} RENAME COLUMN {ident(self.staging_column)} "
+                f"TO {ident(new.column)}",
+                f"ALTER INDEX {table.qualify(self.staging_index)} "
+                f"RENAME TO {ident(new.index(table.name))}",
+                *create_trigger_sql(table, new, new.column),
+            ],
+        )
+
+
+def abandon_statements(table: TableRef, staging: str) -> list[str]:
+    """Drop a staging column (with its index) and its trigger."""
+    return [
+        *drop_trigger_sql(table, staging),
+        f"ALTER TABLE {table.sql} DROP COLUMN IF EXISTS {ident(staging)}",
+    ]
+
+
+def abandon_sql(table: TableRef, column: str) -> str:
+    """Remove what an unfinished online change of prefix ``column`` left on ``table``; the
+    table's current prefix stays as it is."""
+    return locked_ddl(table, "abandon", abandon_statements(table, staging_column(column)))
+
+
+def locked_ddl(table: TableRef, step: str, statements: list[str]) -> str:
+    """A DO block running ``statements`` in one transaction, each attempt waiting at most
+    ``LOCK_TIMEOUT_MS`` for its locks, up to ``LOCK_ATTEMPTS`` attempts."""
+    body = "".join(f"            {statement};\n" for statement in statements)
+    return f"""DO $mrl$
+BEGIN
+    FOR attempt IN 1..{LOCK_ATTEMPTS} LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '{LOCK_TIMEOUT_MS}ms', true);
+{body}            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'mrl_pg: %: % is busy, retrying (attempt % of {LOCK_ATTEMPTS})',
+                {literal(step)}, {literal(table.sql)}, attempt;
+            PERFORM pg_sleep(least(attempt, 10) * 0.1);
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'mrl_pg: %: could not lock % in {LOCK_ATTEMPTS} attempts',
+        {literal(step)}, {literal(table.sql)} USING ERRCODE = 'lock_not_available';
+END
+$mrl$"""

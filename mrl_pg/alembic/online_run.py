@@ -1,0 +1,137 @@
+"""Running an :class:`~mrl_pg.alembic.online.OnlineChange` inside an Alembic migration.
+
+The steps run outside the migration's transaction (Alembic's ``autocommit_block``), so that
+backfill batches commit one by one and ``CREATE INDEX CONCURRENTLY`` can run; operations
+earlier in the same migration are committed first. Progress is logged at INFO on the
+``alembic.mrl_pg`` logger, which Alembic's default logging configuration shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.operations import Operations
+from sqlalchemy import Connection, text
+
+from mrl_pg.alembic.checks import MigrationCheckError, check
+from mrl_pg.alembic.online import OnlineChange
+from mrl_pg.alembic.reflect import reflect_prefixes
+
+logger = logging.getLogger("alembic.mrl_pg")
+
+#: Seconds between two logged backfill progress notices.
+PROGRESS_INTERVAL = 5.0
+
+
+def run_online(operations: Operations, change: OnlineChange) -> None:
+    """Check, then prepare, backfill, index and swap; in ``--sql`` mode, write the script."""
+    context = operations.get_context()
+    live = not context.as_sql
+    if live and _already_applied(operations.get_bind(), change):
+        logger.info("%s on %s is already in place", change.new.column, change.table.sql)
+        return
+    check(operations, change.table, adding=change.new, dropping=change.old)
+    if live and _is_partitioned(operations.get_bind(), change):
+        raise MigrationCheckError(
+            f"online mode cannot build an index on partitioned table {change.table.sql} "
+            "concurrently; use the plain mode, which builds one index per partition"
+        )
+    with context.autocommit_block():
+        operations.execute("SET statement_timeout = 0")
+        with _progress(operations.get_bind() if live else None):
+            operations.execute(change.prepare_sql())
+            operations.execute(change.backfill_sql())
+        if not (live and _staging_index_ready(operations.get_bind(), change)):
+            operations.execute(change.drop_index_sql())
+            logger.info("building %s concurrently", change.staging_index)
+            operations.execute(change.create_index_sql())
+        with _progress(operations.get_bind() if live else None):
+            operations.execute(change.swap_sql())
+        operations.execute("RESET statement_timeout")
+    logger.info("%s on %s is in place", change.new.column, change.table.sql)
+
+
+def _already_applied(connection: Connection, change: OnlineChange) -> bool:
+    """Whether an earlier run swapped ``change.new`` in but stopped before Alembic recorded
+    the revision."""
+    if change.old is not None and change.old.column != change.new.column:
+        return False
+    found = reflect_prefixes(connection, change.table.name, change.table.schema)
+    current = found.get(change.new.column)
+    table = change.table.name
+    return (
+        current is not None
+        and current.ddl_signature(table) == change.new.ddl_signature(table)
+        and not _column_exists(connection, change, change.staging_column)
+    )
+
+
+def _column_exists(connection: Connection, change: OnlineChange, name: str) -> bool:
+    return bool(
+        connection.execute(
+            text(
+                "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+                "AND attname = :c AND NOT attisdropped)"
+            ),
+            {"t": change.table.sql, "c": name},
+        ).scalar_one()
+    )
+
+
+def _is_partitioned(connection: Connection, change: OnlineChange) -> bool:
+    kind = connection.execute(
+        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": change.table.sql}
+    ).scalar()
+    return kind == "p"
+
+
+def _staging_index_ready(connection: Connection, change: OnlineChange) -> bool:
+    """Whether an earlier run left a valid staging index built as ``change.new`` asks."""
+    spec = change.new.spec()
+    row = connection.execute(
+        text(
+            "SELECT x.indisvalid, opc.opcname, c.reloptions FROM pg_class c "
+            "JOIN pg_index x ON x.indexrelid = c.oid "
+            "JOIN pg_opclass opc ON opc.oid = x.indclass[0] WHERE c.oid = to_regclass(:i)"
+        ),
+        {"i": change.table.qualify(change.staging_index)},
+    ).first()
+    wanted = {f"m={spec.m}", f"ef_construction={spec.ef_construction}"}
+    return (
+        row is not None
+        and bool(row.indisvalid)
+        and row.opcname == spec.opclass
+        and set(row.reloptions or ()) == wanted
+    )
+
+
+@contextmanager
+def _progress(connection: Connection | None) -> Iterator[None]:
+    """Log the server's ``mrl_pg:`` notices while the block runs (psycopg connections)."""
+    dbapi_connection: Any = connection.connection.dbapi_connection if connection else None
+    if dbapi_connection is None or not hasattr(dbapi_connection, "add_notice_handler"):
+        yield
+        return
+    last: dict[str, Any] = {"logged_at": 0.0, "message": None}
+
+    def handle(diagnostic: Any) -> None:
+        message = diagnostic.message_primary or ""
+        if not message.startswith("mrl_pg:"):
+            return
+        now = time.monotonic()
+        if "backfill" not in message or now - last["logged_at"] >= PROGRESS_INTERVAL:
+            logger.info("%s", message)
+            last["logged_at"], message = now, None
+        last["message"] = message
+
+    dbapi_connection.add_notice_handler(handle)
+    try:
+        yield
+    finally:
+        dbapi_connection.remove_notice_handler(handle)
+        if last["message"]:
+            logger.info("%s", last["message"])
