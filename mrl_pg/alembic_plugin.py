@@ -17,9 +17,21 @@ def setup(plugin: Any) -> None:
     plugin.add_autogenerate_comparator(
         _compare_prefixes, "autogenerate", priority=DispatchPriority.LAST
     )
+    plugin.add_autogenerate_comparator(
+        _skip_prefix_server_default,
+        "column",
+        "server_default",
+        priority=DispatchPriority.FIRST,
+    )
 
 
 def _compare_prefixes(autogen_context: Any, upgrade_ops: Any) -> Any:
     from mrl_pg.alembic.autogen import compare_prefixes
 
     return compare_prefixes(autogen_context, upgrade_ops)
+
+
+def _skip_prefix_server_default(*args: Any) -> Any:
+    from mrl_pg.alembic.autogen import skip_prefix_server_default
+
+    return skip_prefix_server_default(*args)

@@ -19,6 +19,8 @@ from sqlalchemy import Engine, create_engine, make_url, text
 
 from mrl_pg.server import create_vector_extension, embedded_url, sqlalchemy_url
 
+pytest.register_assert_rewrite("tests.alembic_project")
+
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 
 

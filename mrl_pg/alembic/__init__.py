@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mrl_pg.alembic import autogen  # registers the autogenerate pass and renderers
 from mrl_pg.alembic.checks import MigrationCheckError
+from mrl_pg.alembic.online_run import abandon_online_change
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.prefix_args import MRLPrefix
 
@@ -18,5 +19,6 @@ __all__ = [
     "MRLPrefix",
     "MigrationCheckError",
     "ResizeMRLPrefixOp",
+    "abandon_online_change",
     "autogen",
 ]

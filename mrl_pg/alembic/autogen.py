@@ -9,16 +9,19 @@ the database, removes Alembic's column and index operations for them, and puts
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic.autogenerate import comparators, renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 
+from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, staging_column, staging_index
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
-from mrl_pg.declare import prefixes_of
+from mrl_pg.declare import INFO_KEY, prefixes_of
 
 _IMPORT = "from mrl_pg.alembic import MRLPrefix"
 
@@ -49,6 +52,28 @@ def compare_prefixes(
 
 
 comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)(compare_prefixes)
+
+
+def skip_prefix_server_default(
+    autogen_context: AutogenContext,
+    alter_column_op: ops.AlterColumnOp,
+    schema: str | None,
+    table_name: str,
+    column_name: str,
+    conn_column: Column[Any],
+    metadata_column: Column[Any],
+) -> PriorityDispatchResult:
+    """Leave a declared prefix's generation expression to :func:`compare_prefixes`: Alembic's
+    own comparison would warn that a computed default "cannot be modified", and would take a
+    trigger-maintained prefix for a changed one."""
+    if INFO_KEY in metadata_column.info:
+        return PriorityDispatchResult.STOP
+    return PriorityDispatchResult.CONTINUE
+
+
+comparators.dispatch_for("column", priority=DispatchPriority.FIRST, subgroup="server_default")(
+    skip_prefix_server_default
+)
 
 
 def _included(autogen_context: AutogenContext, table: Table) -> bool:
@@ -102,6 +127,11 @@ def _table_changes(
             )
     if not columns:
         return None
+    for name in [*declared, *in_database]:  # an unfinished online change's leftovers
+        columns.add(staging_column(name))
+        for prefix in (declared.get(name, (None, None))[1], in_database.get(name)):
+            if prefix is not None:
+                indexes.add(staging_index(table.name, prefix))
     return new_ops, columns, indexes
 
 
@@ -149,25 +179,32 @@ def _replaced(op: ops.MigrateOperation, columns: set[str], indexes: set[str]) ->
 
 
 def _render(
-    autogen_context: AutogenContext, name: str, table: str, schema: str | None, *prefixes: MRLPrefix
+    autogen_context: AutogenContext,
+    name: str,
+    op: AddMRLPrefixOp | DropMRLPrefixOp | ResizeMRLPrefixOp,
+    *prefixes: MRLPrefix,
 ) -> str:
     autogen_context.imports.add(_IMPORT)
-    args = [repr(table), *(repr(p) for p in prefixes)]
-    if schema is not None:
-        args.append(f"schema={schema!r}")
+    args = [repr(op.table_name), *(repr(p) for p in prefixes)]
+    if op.schema is not None:
+        args.append(f"schema={op.schema!r}")
+    if op.online:
+        args.append("online=True")
+    if op.batch_size != DEFAULT_BATCH_SIZE:
+        args.append(f"batch_size={op.batch_size!r}")
     return f"op.{name}({', '.join(args)})"
 
 
 @renderers.dispatch_for(AddMRLPrefixOp)
 def _render_add(autogen_context: AutogenContext, op: AddMRLPrefixOp) -> str:
-    return _render(autogen_context, "add_mrl_prefix", op.table_name, op.schema, op.prefix)
+    return _render(autogen_context, "add_mrl_prefix", op, op.prefix)
 
 
 @renderers.dispatch_for(DropMRLPrefixOp)
 def _render_drop(autogen_context: AutogenContext, op: DropMRLPrefixOp) -> str:
-    return _render(autogen_context, "drop_mrl_prefix", op.table_name, op.schema, op.prefix)
+    return _render(autogen_context, "drop_mrl_prefix", op, op.prefix)
 
 
 @renderers.dispatch_for(ResizeMRLPrefixOp)
 def _render_resize(autogen_context: AutogenContext, op: ResizeMRLPrefixOp) -> str:
-    return _render(autogen_context, "resize_mrl_prefix", op.table_name, op.schema, op.old, op.new)
+    return _render(autogen_context, "resize_mrl_prefix", op, op.old, op.new)

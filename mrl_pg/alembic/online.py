@@ -51,6 +51,11 @@ def staging_column(column: str) -> str:
     return fit_identifier(f"{column}_mrl_next")
 
 
+def staging_index(table_name: str, prefix: MRLPrefix) -> str:
+    """The index a new prefix is built with before it takes its final name."""
+    return fit_identifier(f"{prefix.index(table_name)}_next")
+
+
 @dataclass(frozen=True)
 class OnlineChange:
     """Build prefix ``new`` on ``table`` (beside ``old``, when resizing) and swap it in."""
@@ -66,7 +71,7 @@ class OnlineChange:
 
     @property
     def staging_index(self) -> str:
-        return fit_identifier(f"{self.new.index(self.table.name)}_next")
+        return staging_index(self.table.name, self.new)
 
     @property
     def staging_type(self) -> str:

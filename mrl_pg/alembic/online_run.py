@@ -18,7 +18,8 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
-from mrl_pg.alembic.online import OnlineChange
+from mrl_pg.alembic.maintained import TableRef
+from mrl_pg.alembic.online import OnlineChange, abandon_sql
 from mrl_pg.alembic.reflect import reflect_prefixes
 
 logger = logging.getLogger("alembic.mrl_pg")
@@ -53,6 +54,15 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
             operations.execute(change.swap_sql())
         operations.execute("RESET statement_timeout")
     logger.info("%s on %s is in place", change.new.column, change.table.sql)
+
+
+def abandon_online_change(
+    connection: Connection, table_name: str, column: str, *, schema: str | None = None
+) -> None:
+    """Remove what an unfinished online change of prefix ``column`` left on the table: its
+    staging column, index and trigger. The table's current prefix stays as it is. Runs in the
+    connection's transaction; commit it."""
+    connection.execute(text(abandon_sql(TableRef(table_name, schema), column)))
 
 
 def _already_applied(connection: Connection, change: OnlineChange) -> bool:

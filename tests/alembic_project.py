@@ -1,0 +1,178 @@
+"""An Alembic project in a temporary folder over a populated table, and what tests check of
+it: the fixture ``project`` and its helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from alembic.config import Config
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, text
+
+from mrl_pg.alembic import MRLPrefix
+from mrl_pg.alembic.reflect import reflect_prefixes
+from mrl_pg.load import copy_vectors
+from mrl_pg.synthetic import mrl_like_vectors
+from tests.conftest import schema_engine
+
+ROWS = 50_000
+DIMS = 64
+VECTORS = mrl_like_vectors(ROWS, DIMS, seed=3)
+
+ENV_PY = """
+import importlib
+import sys
+
+from alembic import context
+from sqlalchemy import create_engine
+
+import mrl_pg.alembic
+
+sys.path.insert(0, context.config.attributes["project"])
+import models
+
+importlib.reload(models)
+config = context.config
+
+
+def include_object(obj, name, type_, reflected, compare_to):
+    return name != "ignored_by_user"
+
+
+if context.is_offline_mode():
+    context.configure(url=config.attributes["url"], target_metadata=models.metadata,
+                      literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(config.attributes["url"],
+                           connect_args={"options": config.attributes["options"]})
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=models.metadata,
+                          include_object=include_object)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+"""
+
+MODELS_PY = """
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import Column, Integer, MetaData, Table
+
+from mrl_pg import add_prefix_column
+
+metadata = MetaData()
+items = Table("items", metadata, Column("id", Integer, primary_key=True),
+              Column("embedding", VECTOR({dims})))
+{prefix}
+"""
+
+
+def items_table() -> Table:
+    return Table(
+        "items", MetaData(), Column("id", Integer, primary_key=True), Column("embedding", VECTOR(DIMS))
+    )
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, database_url: str, server_engine: Engine
+) -> Iterator[tuple[Config, Engine, Path]]:
+    with schema_engine(database_url, server_engine) as engine:
+        with engine.begin() as conn:
+            table = items_table()
+            table.create(conn)
+            copy_vectors(conn, table, "embedding", VECTORS, {"id": range(ROWS)})
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        (tmp_path / "versions").mkdir()
+        (tmp_path / "env.py").write_text(ENV_PY)
+        (tmp_path / "script.py.mako").write_text(SCRIPT_MAKO)
+        config = Config()
+        config.set_main_option("script_location", str(tmp_path))
+        config.attributes.update(
+            project=str(tmp_path), url=database_url, options=f"-c search_path={schema},public"
+        )
+        yield config, engine, tmp_path
+
+
+SCRIPT_MAKO = '''"""${message}"""
+from alembic import op
+import sqlalchemy as sa
+${imports if imports else ""}
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade():
+    ${downgrades if downgrades else "pass"}
+'''
+
+
+def write_models(folder: Path, prefix_call: str) -> None:
+    (folder / "models.py").write_text(MODELS_PY.format(dims=DIMS, prefix=prefix_call))
+
+
+def checksum(engine: Engine) -> tuple[int, str]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT count(*), md5(string_agg(embedding::text, ',' ORDER BY id)) FROM items")
+        ).one()
+    return int(row[0]), str(row[1])
+
+
+def prefix_state(engine: Engine) -> dict[str, MRLPrefix]:
+    with engine.connect() as conn:
+        return reflect_prefixes(conn, "items", None)
+
+
+def assert_prefix_values(engine: Engine, prefix: MRLPrefix) -> None:
+    spec = prefix.spec()
+    with engine.connect() as conn:
+        expected = spec.expression(text("embedding")).compile(
+            conn, compile_kwargs={"literal_binds": True}
+        )
+        wrong = conn.execute(
+            text(f"SELECT count(*) FROM items WHERE {prefix.column} IS DISTINCT FROM {expected}")
+        ).scalar_one()
+        head = conn.execute(text(f"SELECT {prefix.column}::text FROM items WHERE id = 0")).scalar_one()
+    assert wrong == 0
+    if prefix.storage == "bit":
+        assert head == "".join("1" if v > 0 else "0" for v in VECTORS[0][: prefix.dims])
+    else:
+        values = np.array([float(v) for v in head.strip("[]").split(",")])
+        want = VECTORS[0][: prefix.dims].astype(np.float64)
+        if prefix.distance == "inner_product":
+            want = want / np.linalg.norm(want)
+        np.testing.assert_allclose(values, want, rtol=2e-3, atol=1e-3)
+
+
+def assert_search_finds_itself(engine: Engine, prefix_name: str) -> None:
+    from mrl_pg import mrl_search
+    from mrl_pg.declare import add_prefix_column
+
+    table = items_table()
+    current = prefix_state(engine)[prefix_name]
+    add_prefix_column(table, "embedding", current.dims, name=prefix_name, distance=current.distance,
+                      storage=current.storage, m=current.m, ef_construction=current.ef_construction)
+    with engine.connect() as conn:
+        for i in (5, 777, 31_000):
+            rows = conn.execute(mrl_search(table, VECTORS[i], k=3)).all()
+            itself = -1.0 if current.distance == "inner_product" else 0.0  # vectors are unit length
+            assert rows[0].id == i and rows[0].distance == pytest.approx(itself, abs=1e-5)
+
+
+def revision(config: Config, folder: Path, message: str) -> str:
+    script = command.revision(config, message=message, autogenerate=True)
+    assert script is not None and not isinstance(script, list)
+    return Path(script.path).read_text()

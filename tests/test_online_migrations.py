@@ -1,0 +1,331 @@
+"""Online prefix changes, driven through Alembic: a writer keeps writing, nothing is lost, an
+interrupted change resumes or is abandoned, and the table stays usable throughout."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from alembic.autogenerate import produce_migrations, render_python_code
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Engine, create_engine, insert, select, text, update
+
+from mrl_pg.alembic import MigrationCheckError, MRLPrefix, abandon_online_change
+from mrl_pg.synthetic import mrl_like_vectors
+from tests.alembic_project import (
+    DIMS,
+    ROWS,
+    VECTORS,
+    assert_prefix_values,
+    assert_search_finds_itself,
+    checksum,
+    items_table,
+    prefix_state,
+    revision,
+    write_models,
+)
+from tests.conftest import schema_engine
+
+pytest_plugins = ["tests.alembic_project"]
+
+PREFIX_16 = 'add_prefix_column(items, "embedding", 16, name="embedding_mrl")'
+PREFIX_32 = 'add_prefix_column(items, "embedding", 32, name="embedding_mrl", storage="vector")'
+STAGING = "embedding_mrl_mrl_next"
+
+
+def online_revision(config: Config, folder: Path, message: str, batch_size: int = 5_000) -> str:
+    """Autogenerate a revision, then make its mrl operations online, as a user would."""
+    migration = revision(config, folder, message)
+    online = re.sub(
+        r"(op\.(?:add|resize|drop)_mrl_prefix\(.*)\)$",
+        rf"\1, online=True, batch_size={batch_size})",
+        migration,
+        flags=re.M,
+    )
+    path = next(p for p in (folder / "versions").glob("*.py") if p.read_text() == migration)
+    path.write_text(online)
+    return online
+
+
+def upgrade_to_plain_16(config: Config, folder: Path) -> None:
+    write_models(folder, PREFIX_16)
+    revision(config, folder, "add")
+    command.upgrade(config, "head")
+
+
+def pending_upgrade(engine: Engine, folder: Path) -> str:
+    """What autogenerate would write now, even with the database short of head."""
+    spec = importlib.util.spec_from_file_location("pending_models", folder / "models.py")
+    assert spec is not None and spec.loader is not None
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    with engine.connect() as conn:
+        script = produce_migrations(MigrationContext.configure(conn), models.metadata)
+    assert script.upgrade_ops is not None
+    return render_python_code(script.upgrade_ops)
+
+
+def check_quietly(config: Config) -> None:
+    """``alembic check`` finds nothing to do, and warns of nothing either."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        command.check(config)
+
+
+BIT_48 = (
+    'add_prefix_column(items, "embedding", 48, name="embedding_mrl", storage="bit", '
+    'distance="inner_product")'
+)
+
+
+def user_triggers(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass AND NOT tgisinternal"
+        )).scalar_one())
+
+
+def test_online_and_plain_changes_round_trip(project: tuple[Config, Engine, Path]) -> None:
+    """Online add, online resize, then a plain resize of the prefix the online change made;
+    and all the way back down."""
+    config, engine, folder = project
+    original = checksum(engine)
+    states = [prefix_state(engine)]
+    for prefix_call, online in ((PREFIX_16, True), (PREFIX_32, True), (BIT_48, False)):
+        write_models(folder, prefix_call)
+        if online:
+            assert "online=True" in online_revision(config, folder, "online")
+        else:
+            assert "op.resize_mrl_prefix(" in revision(config, folder, "plain")
+        command.upgrade(config, "head")
+        check_quietly(config)
+        state = prefix_state(engine)
+        assert_prefix_values(engine, state["embedding_mrl"])
+        assert_search_finds_itself(engine, "embedding_mrl")
+        assert checksum(engine) == original
+        assert user_triggers(engine) == (1 if online else 0)
+        states.append(state)
+    for expected in reversed(states[:-1]):
+        command.downgrade(config, "-1")
+        assert prefix_state(engine) == expected
+        for prefix in expected.values():
+            assert_prefix_values(engine, prefix)
+        assert checksum(engine) == original
+    assert user_triggers(engine) == 0
+
+
+class Writer(threading.Thread):
+    """Inserts new rows and updates existing ones until stopped, remembering what it wrote."""
+
+    def __init__(self, url: str, options: str) -> None:
+        super().__init__(daemon=True)
+        self.engine = create_engine(url, connect_args={"options": options})
+        self.pool = mrl_like_vectors(500, DIMS, seed=11)
+        self.expected: dict[int, np.ndarray] = {}
+        self.errors: list[BaseException] = []
+        self.longest_wait = 0.0
+        self.writes = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(5)
+        next_id = ROWS
+        table = items_table()
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            while not self.stop.is_set():
+                vector = self.pool[self.writes % len(self.pool)]
+                started = time.perf_counter()
+                try:
+                    if self.writes % 2:
+                        row_id = int(rng.integers(1, ROWS))  # row 0 is checked against VECTORS
+                        conn.execute(update(table).where(table.c.id == row_id).values(embedding=vector))
+                    else:
+                        row_id, next_id = next_id, next_id + 1
+                        conn.execute(insert(table).values(id=row_id, embedding=vector))
+                except Exception as exc:  # every failure is a lost write: collected, asserted on
+                    self.errors.append(exc)
+                    continue
+                self.longest_wait = max(self.longest_wait, time.perf_counter() - started)
+                self.expected[row_id] = vector
+                self.writes += 1
+        self.engine.dispose()
+
+
+def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, Path]) -> None:
+    config, engine, folder = project
+    upgrade_to_plain_16(config, folder)
+    write_models(folder, PREFIX_32)
+    online_revision(config, folder, "online resize", batch_size=2_000)
+    writer = Writer(config.attributes["url"], config.attributes["options"])
+    writer.start()
+    while writer.writes < 20:
+        time.sleep(0.01)
+    before = writer.writes
+    command.upgrade(config, "head")
+    during = writer.writes - before
+    writer.stop.set()
+    writer.join()
+    assert writer.errors == [] and during > 50
+    prefix = prefix_state(engine)["embedding_mrl"]
+    assert prefix.dims == 32
+    assert_prefix_values(engine, prefix)
+    table = items_table()
+    with engine.connect() as conn:
+        stored = {row.id: row.embedding for row in conn.execute(select(table))}
+    expected = {i: VECTORS[i] for i in range(ROWS)} | writer.expected
+    assert stored.keys() == expected.keys()
+    assert all(np.array_equal(np.float32(stored[i]), expected[i]) for i in expected)
+
+
+def cancel_when_running(engine: Engine, query_start: str, delay: float) -> threading.Thread:
+    """Cancel the first statement starting with ``query_start`` ``delay`` seconds after it is
+    seen, as a user's Ctrl-C or a dropped connection would."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        with engine.connect() as conn:
+            while time.monotonic() < deadline:
+                pid = conn.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE query LIKE :q AND pid <> pg_backend_pid()"),
+                    {"q": query_start + "%"},
+                ).scalar()
+                conn.commit()
+                if pid is not None:
+                    time.sleep(delay)
+                    conn.execute(text("SELECT pg_cancel_backend(:p)"), {"p": pid})
+                    return
+                time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def assert_usable(engine: Engine, prefix: MRLPrefix) -> None:
+    """Searches answer from the current prefix, and new rows get theirs."""
+    assert_search_finds_itself(engine, prefix.column)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO items (id, embedding) VALUES (-1, :v)"),
+                     {"v": str(VECTORS[3].tolist())})
+    assert_prefix_values(engine, prefix)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM items WHERE id = -1"))
+
+
+@pytest.mark.parametrize(
+    ("step", "query_start", "delay"),
+    [("backfill", "DO $mrl$\nDECLARE\n    part regclass", 0.3),
+     ("index build", "CREATE INDEX CONCURRENTLY", 0.05)],
+)
+def test_an_interrupted_online_change_resumes(
+    project: tuple[Config, Engine, Path], step: str, query_start: str, delay: float
+) -> None:
+    config, engine, folder = project
+    upgrade_to_plain_16(config, folder)
+    before = prefix_state(engine)
+    write_models(folder, PREFIX_32)
+    online_revision(config, folder, "online resize", batch_size=500)
+    watcher = cancel_when_running(engine, query_start, delay)
+    with pytest.raises(Exception, match="canceling statement"):
+        command.upgrade(config, "head")
+    watcher.join()
+    assert prefix_state(engine) == before
+    assert_usable(engine, before["embedding_mrl"])
+    pending = pending_upgrade(engine, folder)
+    assert "op.resize_mrl_prefix(" in pending and STAGING not in pending
+    command.upgrade(config, "head")
+    after = prefix_state(engine)["embedding_mrl"]
+    assert after.dims == 32
+    assert_prefix_values(engine, after)
+    assert_search_finds_itself(engine, "embedding_mrl")
+    with engine.connect() as conn:
+        invalid = conn.execute(text(
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisvalid"
+        )).scalar_one()
+    assert invalid == 0
+    check_quietly(config)
+
+
+def test_an_interrupted_online_change_can_be_abandoned(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    config, engine, folder = project
+    upgrade_to_plain_16(config, folder)
+    before, original = prefix_state(engine), checksum(engine)
+    write_models(folder, PREFIX_32)
+    online_revision(config, folder, "online resize", batch_size=500)
+    watcher = cancel_when_running(engine, "DO $mrl$\nDECLARE\n    part regclass", 0.3)
+    with pytest.raises(Exception, match="canceling statement"):
+        command.upgrade(config, "head")
+    watcher.join()
+    with engine.connect() as conn:
+        abandon_online_change(conn, "items", "embedding_mrl")
+        conn.commit()
+        columns = conn.execute(text(
+            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped"
+        )).scalar_one()
+        triggers = conn.execute(text(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass AND NOT tgisinternal"
+        )).scalar_one()
+    assert columns == ["id", "embedding", "embedding_mrl"] and triggers == 0
+    assert prefix_state(engine) == before and checksum(engine) == original
+    assert_usable(engine, before["embedding_mrl"])
+
+
+def test_a_change_the_staging_column_was_built_for_is_started_over(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    """A staging column left by an interrupted change to 8 dims is rebuilt for 32."""
+    from mrl_pg.alembic.maintained import TableRef
+    from mrl_pg.alembic.online import OnlineChange
+
+    config, engine, folder = project
+    upgrade_to_plain_16(config, folder)
+    old = prefix_state(engine)["embedding_mrl"]
+    other = MRLPrefix("embedding_mrl", "embedding", DIMS, 8)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(OnlineChange(TableRef("items"), other, old).prepare_sql()))
+    write_models(folder, PREFIX_32)
+    online_revision(config, folder, "online resize")
+    command.upgrade(config, "head")
+    assert_prefix_values(engine, prefix_state(engine)["embedding_mrl"])
+
+
+def test_online_offline_sql(project: tuple[Config, Engine, Path]) -> None:
+    config, _, folder = project
+    write_models(folder, PREFIX_16)
+    online_revision(config, folder, "add online")
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    command.upgrade(config, "base:head", sql=True)
+    sql = buffer.getvalue()
+    commit, index = sql.index("COMMIT;"), sql.index('CREATE INDEX CONCURRENTLY "ix_items_embedding_mrl_hnsw_next"')
+    assert commit < sql.index("DO $mrl$") < index < sql.index('RENAME TO "ix_items_embedding_mrl_hnsw"')
+    assert 'CREATE OR REPLACE TRIGGER "mrl_pg_embedding_mrl"' in sql
+
+
+def test_online_mode_refuses_a_partitioned_table(database_url: str, server_engine: Engine) -> None:
+    with schema_engine(database_url, server_engine) as engine:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "CREATE TABLE docs (id int, tenant int, embedding vector(64)) PARTITION BY LIST (tenant)"
+            ))
+        with (
+            engine.connect() as conn,
+            (context := MigrationContext.configure(conn)).begin_transaction(),
+            pytest.raises(MigrationCheckError, match="partitioned table"),
+        ):
+            Operations(context).add_mrl_prefix(  # type: ignore[attr-defined]
+                "docs", MRLPrefix("embedding_mrl", "embedding", DIMS, 16), online=True
+            )
