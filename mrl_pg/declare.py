@@ -138,13 +138,16 @@ def default_index_name(table_name: str, column_name: str) -> str:
     return fit_identifier(f"ix_{table_name}_{column_name}_hnsw")
 
 
-def fit_identifier(name: str) -> str:
-    """``name`` if PostgreSQL keeps it whole, else shortened and made unique with a hash."""
-    if len(name.encode()) <= MAX_IDENTIFIER_LENGTH:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    head = name.encode()[: MAX_IDENTIFIER_LENGTH - 9].decode(errors="ignore")
-    return f"{head}_{digest}"
+def fit_identifier(name: str, suffix: str = "") -> str:
+    """``name + suffix`` if PostgreSQL keeps it whole, else ``name`` shortened and made unique
+    with a hash, ``suffix`` kept."""
+    whole = name + suffix
+    if len(whole.encode()) <= MAX_IDENTIFIER_LENGTH:
+        return whole
+    digest = hashlib.sha1(whole.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER_LENGTH - 9 - len(suffix.encode())
+    head = name.encode()[:room].decode(errors="ignore")
+    return f"{head}_{digest}{suffix}"
 
 
 def hnsw_index(prefix_column: Column[Any], spec: PrefixSpec, name: str) -> Index:

@@ -3,6 +3,7 @@ numpy ground truth, hostile identifiers, clear errors, scoped settings, ``psql -
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -12,12 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from mrl_pg import Distance, add_prefix_column
+from mrl_pg.alembic import MRLPrefix
+from mrl_pg.alembic.maintained import TableRef
+from mrl_pg.alembic.online import OnlineChange
+from mrl_pg.declare import prefixes_of
 from mrl_pg.sql import SCRIPT_VERSION, install, script
 from mrl_pg.synthetic import exact_distances, exact_neighbors, mrl_like_vectors, queries_near
 from mrl_pg.synthetic import recall_at_k as recall
@@ -207,6 +214,36 @@ def test_table_without_primary_key(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ON nokey USING hnsw (p vector_l2_ops)"))
     with pytest.raises(DBAPIError, match="has no primary key"):
         search(conn, "nokey", [1.0, 0.0, 0.0, 0.0], 1)
+
+
+def hostile_search_ids(conn: Connection) -> list[list[int]]:
+    quoted = '"' + HOSTILE_TABLE.replace('"', '""') + '"'
+    return [[row.pk[HOSTILE_KEY] for row in search(conn, quoted, q, 5)] for q in QUERY_VECTORS]
+
+
+def test_a_prefix_an_online_migration_made(sql_engine: Engine) -> None:
+    """The hostile table's prefix rebuilt online: while the new one is staged the function
+    keeps to the old one; afterwards it finds the trigger-maintained prefix."""
+    old = MRLPrefix.from_declared(prefixes_of(hostile)[0])
+    new = dataclasses.replace(old, dims=96, storage="halfvec")
+    change = OnlineChange(TableRef(HOSTILE_TABLE), new, old)
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 5)
+    with sql_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for step in (change.prepare_sql(), change.backfill_sql(), change.create_index_sql()):
+            conn.execute(text(step))
+        assert recall(hostile_search_ids(conn), truth) >= 0.95  # one prefix: the old one
+    for old_prefix, new_prefix, online in ((old, new, True), (new, old, False)):
+        with sql_engine.connect() as conn, (context := MigrationContext.configure(conn)).begin_transaction():
+            Operations(context).resize_mrl_prefix(  # type: ignore[attr-defined]
+                HOSTILE_TABLE, old_prefix, new_prefix, online=online
+            )
+        with sql_engine.connect() as conn:
+            assert recall(hostile_search_ids(conn), truth) >= 0.95
+            used = conn.execute(text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(:t) AND attname = :c"
+            ), {"t": '"' + HOSTILE_TABLE.replace('"', '""') + '"', "c": HOSTILE_PREFIX}).scalar_one()
+        assert used == ("halfvec(96)" if online else "vector(64)")
 
 
 def psql_binary() -> str | None:

@@ -46,14 +46,18 @@ LOCK_TIMEOUT_MS = 2_000
 LOCK_ATTEMPTS = 30
 
 
+#: How the names of staging columns end; no prefix column of mrl_pg's ends so.
+STAGING_SUFFIX = "_mrl_next"
+
+
 def staging_column(column: str) -> str:
     """The column a new prefix is built in before it takes ``column``'s name."""
-    return fit_identifier(f"{column}_mrl_next")
+    return fit_identifier(column, STAGING_SUFFIX)
 
 
 def staging_index(table_name: str, prefix: MRLPrefix) -> str:
     """The index a new prefix is built with before it takes its final name."""
-    return fit_identifier(f"{prefix.index(table_name)}_next")
+    return fit_identifier(prefix.index(table_name), "_next")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.maintained import TRIGGER_PREFIX
-from mrl_pg.alembic.online import staging_column
+from mrl_pg.alembic.online import STAGING_SUFFIX
 from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.declare import fit_identifier
 
@@ -66,11 +66,10 @@ def reflect_prefixes(
     types = {row.name: row.type for row in columns}
     by_trigger = _trigger_expressions(connection, params["table"])
     indexes = {row.column_name: row for row in connection.execute(_HNSW_INDEXES_SQL, params)}
-    staging = {staging_column(name) for name in types}
     found: dict[str, MRLPrefix] = {}
     for row in columns:
-        expression = row.generated or by_trigger.get(row.name)
-        if expression is None or "subvector(" not in expression or row.name in staging:
+        expression = row.generated or by_trigger.get(row.name) or ""
+        if row.name.endswith(STAGING_SUFFIX) or "subvector(" not in expression:
             continue
         full_column = _unquote(expression.split("subvector(", 1)[1].split(",", 1)[0])
         full_type, _, full_dims = types.get(full_column, "").partition("(")

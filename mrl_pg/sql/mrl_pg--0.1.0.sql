@@ -5,9 +5,10 @@
 -- Install with `psql -f mrl_pg--0.1.0.sql` or `mrl_pg.sql.install(connection)`; the function
 -- is created in the first schema of the search_path and needs the vector extension
 -- (pgvector >= 0.8). It finds the prefix of any table from the catalog: a STORED generated
--- column computed from one vector/halfvec column and carrying an HNSW index. Its generation
--- expression (pg_get_expr) turns the query into a query prefix, the index's operator class
--- gives the first-stage operator, and the full vectors rerank the candidates.
+-- column computed from one vector/halfvec column and carrying an HNSW index, or the column an
+-- online migration keeps current by trigger. Its expression turns the query into a query
+-- prefix, the index's operator class gives the first-stage operator, and the full vectors
+-- rerank the candidates.
 -- hnsw.ef_search and hnsw.iterative_scan are set for the call only (SET clauses below, then
 -- set_config local): the caller's values are back when it returns.
 
@@ -45,27 +46,48 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- The table's prefixes: stored generated columns computed from exactly one vector/halfvec
-    -- column, each with a single-column HNSW index.
+    -- The table's prefixes, each with a single-column HNSW index: stored generated columns
+    -- computed from exactly one vector/halfvec column, and the plain columns an online
+    -- migration keeps current with a trigger "mrl_pg_<column>" (whose function sets
+    -- NEW."<column>" := <expression of NEW."<full column>">). Staging columns of an
+    -- unfinished online migration (named *_mrl_next) are not prefixes yet.
     FOR candidate IN
-        SELECT a.attname AS prefix_name, pg_get_expr(d.adbin, d.adrelid) AS expr,
+        SELECT a.attname AS prefix_name, src.expr,
                f.attname AS full_name, format_type(f.atttypid, f.atttypmod) AS full_type,
                f.atttypid AS full_type_oid, f.atttypmod AS full_dims,
                opn.nspname AS index_op_schema, op.oprname AS index_op,
                pt.typname = 'bit' AS is_bit
         FROM pg_attribute a
-        JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         JOIN pg_type pt ON pt.oid = a.atttypid
         JOIN LATERAL (
-            SELECT array_agg(DISTINCT dep.refobjsubid) AS cols
-            FROM pg_depend dep
-            WHERE dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
-              AND dep.refobjsubid > 0 AND dep.refobjsubid <> a.attnum
-              AND ((dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid)
-                   OR (dep.classid = 'pg_class'::regclass AND dep.objid = a.attrelid
-                       AND dep.objsubid = a.attnum))
-        ) refs ON cardinality(refs.cols) = 1
-        JOIN pg_attribute f ON f.attrelid = a.attrelid AND f.attnum = refs.cols[1]
+            SELECT pg_get_expr(d.adbin, d.adrelid) AS expr, refs.cols[1] AS full_attnum
+            FROM pg_attrdef d
+            JOIN LATERAL (
+                SELECT array_agg(DISTINCT dep.refobjsubid) AS cols
+                FROM pg_depend dep
+                WHERE dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+                  AND dep.refobjsubid > 0 AND dep.refobjsubid <> a.attnum
+                  AND ((dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid)
+                       OR (dep.classid = 'pg_class'::regclass AND dep.objid = a.attrelid
+                           AND dep.objsubid = a.attnum))
+            ) refs ON cardinality(refs.cols) = 1
+            WHERE a.attgenerated = 's' AND d.adrelid = a.attrelid AND d.adnum = a.attnum
+            UNION ALL
+            SELECT replace(body.parts[2], 'NEW.' || quoted.full, quoted.full), src_col.attnum
+            FROM pg_trigger tg
+            JOIN pg_proc p ON p.oid = tg.tgfoid
+            CROSS JOIN LATERAL regexp_match(
+                p.prosrc, 'NEW\.("(?:[^"]|"")*") := (.*);\s*RETURN NEW;') AS body(parts)
+            JOIN pg_attribute src_col ON src_col.attrelid = a.attrelid
+                 AND src_col.attnum = ANY(tg.tgattr::int2[]) AND src_col.attnum <> a.attnum
+            CROSS JOIN LATERAL (
+                SELECT '"' || replace(src_col.attname, '"', '""') || '"' AS full
+            ) quoted
+            WHERE a.attgenerated = '' AND tg.tgrelid = a.attrelid AND NOT tg.tgisinternal
+              AND tg.tgname LIKE 'mrl\_pg\_%'
+              AND body.parts[1] = '"' || replace(a.attname, '"', '""') || '"'
+        ) src ON true
+        JOIN pg_attribute f ON f.attrelid = a.attrelid AND f.attnum = src.full_attnum
         JOIN pg_type ft ON ft.oid = f.atttypid AND ft.typname IN ('vector', 'halfvec')
         JOIN LATERAL (
             SELECT x.indclass[0] AS opclass
@@ -73,7 +95,7 @@ BEGIN
             JOIN pg_class ic ON ic.oid = x.indexrelid
             JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'hnsw'
             WHERE x.indrelid = a.attrelid AND x.indnatts = 1 AND x.indkey[0] = a.attnum
-              AND x.indexprs IS NULL AND x.indpred IS NULL
+              AND x.indexprs IS NULL AND x.indpred IS NULL AND x.indisvalid
             ORDER BY x.indexrelid
             LIMIT 1
         ) ix ON true
@@ -81,7 +103,7 @@ BEGIN
         JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoppurpose = 'o'
         JOIN pg_operator op ON op.oid = ao.amopopr
         JOIN pg_namespace opn ON opn.oid = op.oprnamespace
-        WHERE a.attrelid = tbl AND a.attgenerated = 's' AND NOT a.attisdropped
+        WHERE a.attrelid = tbl AND NOT a.attisdropped AND a.attname !~ '_mrl_next$'
         ORDER BY a.attnum
     LOOP
         names := concat_ws(', ', names, quote_ident(candidate.prefix_name));
