@@ -39,8 +39,9 @@ from mrl_pg.alembic.maintained import (
 from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.declare import fit_identifier
 
-#: Rows filled per backfill transaction, by default.
-DEFAULT_BATCH_SIZE = 10_000
+#: Rows filled per backfill transaction, by default. A batch holds its rows' locks until it
+#: commits, so an application's update of one of them waits for up to one batch.
+DEFAULT_BATCH_SIZE = 500
 #: How long a step waits for a lock before it lets other queries through and retries.
 LOCK_TIMEOUT_MS = 2_000
 LOCK_ATTEMPTS = 30

@@ -1,0 +1,213 @@
+"""Plain and online prefix resize, each while a writer keeps inserting and updating rows.
+
+    python benchmarks/online_resize.py [--rows 200000] [--dims 768] [--from-dims 256]
+                                       [--to-dims 128] [--batch-size 500]
+
+The database is ``MRL_PG_DSN`` if set, else the embedded server. In a schema of its own
+(dropped afterwards) the script loads MRL-like vectors into a table with a generated
+``--from-dims`` prefix and its HNSW index, then for each mode starts a writer (one
+autocommit INSERT or UPDATE of a full vector at a time, as an application would) and runs
+``op.resize_mrl_prefix(..., online=False|True)`` to ``--to-dims``. Between the two runs the
+prefix is put back, unmeasured. For each mode it prints the total migration time, the writes
+done during it, the longest a single write waited and its p99, and checks that no write was
+lost and every row's prefix is right. A plain resize rewrites the table under an exclusive
+lock, so its longest wait is about the whole migration; an online one keeps writes flowing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import (
+    Column,
+    Engine,
+    Insert,
+    Integer,
+    MetaData,
+    Table,
+    Update,
+    create_engine,
+    insert,
+    text,
+    update,
+)
+
+from mrl_pg import add_prefix_column
+from mrl_pg.alembic import MRLPrefix
+from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE
+from mrl_pg.load import copy_vectors
+from mrl_pg.server import create_vector_extension, database_url
+from mrl_pg.synthetic import mrl_like_vectors
+
+
+@dataclass
+class Writes:
+    """What the writer did while one migration ran."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    inserted: int = 0
+
+
+class Writer(threading.Thread):
+    """Alternates INSERTs of new rows and UPDATEs of existing ones until stopped."""
+
+    def __init__(
+        self, engine: Engine, table: Table, dims: int, rows: int, first_new_id: int
+    ) -> None:
+        super().__init__(daemon=True)
+        self.engine, self.table, self.rows = engine, table, rows
+        self.next_id = first_new_id
+        self.pool = mrl_like_vectors(1_000, dims, seed=7)
+        self.writes = Writes()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(3)
+        table = self.table
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            n = 0
+            while not self.stop.is_set():
+                vector = self.pool[n % len(self.pool)]
+                statement: Insert | Update
+                if n % 2:
+                    statement = (
+                        update(table)
+                        .where(table.c.id == int(rng.integers(0, self.rows)))
+                        .values(embedding=vector)
+                    )
+                else:
+                    statement = insert(table).values(id=self.next_id, embedding=vector)
+                started = time.perf_counter()
+                try:
+                    conn.execute(statement)
+                except Exception as exc:  # reported: a failed write is a lost write
+                    self.writes.errors.append(str(exc).splitlines()[0])
+                else:
+                    self.writes.latencies.append(time.perf_counter() - started)
+                    if not n % 2:
+                        self.next_id += 1
+                        self.writes.inserted += 1
+                n += 1
+
+
+def resize(engine: Engine, old: MRLPrefix, new: MRLPrefix, *, online: bool, batch: int) -> None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn)
+        with context.begin_transaction():
+            Operations(context).resize_mrl_prefix(  # type: ignore[attr-defined]
+                "resize_items", old, new, online=online, batch_size=batch
+            )
+
+
+def wrong_prefixes(engine: Engine, prefix: MRLPrefix) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    f"SELECT count(*) FROM resize_items WHERE {prefix.column} IS DISTINCT FROM "
+                    f"subvector(embedding, 1, {prefix.dims})::halfvec({prefix.dims})"
+                )
+            ).scalar_one()
+        )
+
+
+def count_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM resize_items")).scalar_one())
+
+
+def measure(
+    engine: Engine, table: Table, old: MRLPrefix, new: MRLPrefix, *, online: bool, batch: int
+) -> tuple[float, float]:
+    """Run one resize under the writer; print and return its total time and longest wait."""
+    rows_before = count_rows(engine)
+    dims = old.full_dims
+    writer = Writer(engine, table, dims, rows_before, first_new_id=10 * rows_before)
+    writer.start()
+    time.sleep(1.0)  # the writer is in its stride before the migration starts
+    started = time.perf_counter()
+    writes_before = len(writer.writes.latencies)
+    resize(engine, old, new, online=online, batch=batch)
+    elapsed = time.perf_counter() - started
+    during = len(writer.writes.latencies) - writes_before
+    time.sleep(1.0)
+    writer.stop.set()
+    writer.join()
+    latencies = np.array(writer.writes.latencies)
+    lost = rows_before + writer.writes.inserted - count_rows(engine)
+    mode = "online" if online else "plain"
+    print(
+        f"  {mode:<7} total {elapsed:7.1f} s   writes during it {during:>7,}   "
+        f"longest write wait {latencies.max():7.3f} s   p99 {np.percentile(latencies, 99):.4f} s"
+        f"   errors {len(writer.writes.errors)}   rows lost {lost}   "
+        f"wrong prefixes {wrong_prefixes(engine, new)}",
+        flush=True,
+    )
+    return elapsed, float(latencies.max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dims", type=int, default=768)
+    parser.add_argument("--from-dims", type=int, default=256)
+    parser.add_argument("--to-dims", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    args = parser.parse_args()
+
+    url = database_url()
+    admin = create_engine(url)
+    create_vector_extension(admin)
+    schema = f"resize_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = create_engine(
+        url,
+        connect_args={"options": f"-c search_path={schema},public -c maintenance_work_mem=1GB"},
+    )
+    table = Table(
+        "resize_items",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("embedding", VECTOR(args.dims)),
+    )
+    add_prefix_column(table, "embedding", args.from_dims, name="embedding_mrl")
+    big = MRLPrefix("embedding_mrl", "embedding", args.dims, args.from_dims)
+    small = MRLPrefix("embedding_mrl", "embedding", args.dims, args.to_dims)
+    batch = args.batch_size
+    try:
+        print(f"{args.rows:,} rows x {args.dims} dims; prefix {args.from_dims} -> {args.to_dims}")
+        started = time.perf_counter()
+        (index,) = table.indexes
+        table.indexes.clear()  # built once the rows are in: faster than row by row
+        with engine.begin() as conn:
+            table.create(conn)
+            vectors = mrl_like_vectors(args.rows, args.dims, seed=1)
+            copy_vectors(conn, table, "embedding", vectors, {"id": range(args.rows)})
+            index.create(conn)
+        print(f"  loaded and indexed in {time.perf_counter() - started:.1f} s", flush=True)
+        plain_total, plain_wait = measure(engine, table, big, small, online=False, batch=batch)
+        resize(engine, small, big, online=False, batch=batch)  # back, unmeasured
+        online_total, online_wait = measure(engine, table, big, small, online=True, batch=batch)
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    print(
+        f"online / plain: total time {online_total / plain_total:.2f}x, "
+        f"longest write wait {online_wait / plain_wait:.3f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
