@@ -11,6 +11,7 @@ from mrl_pg.errors import MRLError
 
 #: Subcommand name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
 COMMANDS = {
+    "abandon-online": "mrl_pg.abandon_online",
     "bench": "mrl_pg.bench",
     "demo": "mrl_pg.demo",
     "evaluate": "mrl_pg.evaluate",

@@ -20,7 +20,8 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import Engine, create_engine, insert, select, text, update
 
-from mrl_pg.alembic import MigrationCheckError, MRLPrefix, abandon_online_change
+from mrl_pg.alembic import MigrationCheckError, MRLPrefix
+from mrl_pg.cli import main
 from mrl_pg.synthetic import mrl_like_vectors
 from tests.alembic_project import (
     DIMS,
@@ -269,8 +270,10 @@ def test_an_interrupted_online_change_can_be_abandoned(
         command.upgrade(config, "head")
     watcher.join()
     with engine.connect() as conn:
-        abandon_online_change(conn, "items", "embedding_mrl")
-        conn.commit()
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    url = config.attributes["url"]
+    assert main(["abandon-online", "items", "embedding_mrl", "--schema", schema, "--dsn", url]) == 0
+    with engine.connect() as conn:
         columns = conn.execute(text(
             "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
             "WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped"

@@ -2,7 +2,9 @@
 
 It registers ``op.add_mrl_prefix``, ``op.resize_mrl_prefix`` and ``op.drop_mrl_prefix`` and an
 autogenerate pass that emits them. With Alembic >= 1.20 the autogenerate pass is also
-available as the plugin ``mrl_pg`` (see :mod:`mrl_pg.alembic_plugin`).
+available as the plugin ``mrl_pg`` (see :mod:`mrl_pg.alembic_plugin`). Add and resize take
+``online=True`` for big tables (see :mod:`mrl_pg.alembic.online`);
+:func:`abandon_online_change` cleans up after an online change that will not be resumed.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 A prefix column is generated from the full vector, and PostgreSQL cannot change a generated
 column's type or expression in place, so a resize drops the old index and column and adds the
 new ones. Inside the migration's transaction (Alembic's default on PostgreSQL) a failure rolls
-all of it back; the full vectors are never touched. Every operation checks its arguments, and
-(outside ``--sql`` mode) the table, before any DDL, and has a ``reverse()`` for downgrades.
+all of it back; the full vectors are never touched. With ``online=True``, add and resize build
+the new prefix beside the old one without a table rewrite (:mod:`mrl_pg.alembic.online`).
+Every operation checks its arguments, and (outside ``--sql`` mode) the table, before any DDL,
+and has a ``reverse()`` for downgrades.
 """
 
 from __future__ import annotations
