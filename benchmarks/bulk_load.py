@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +20,12 @@ import numpy as np
 import numpy.typing as npt
 from pgvector.psycopg import register_vector
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, insert, text
 from sqlalchemy.orm import Session, registry
 
 from mrl_pg import add_prefix_column
 from mrl_pg.load import copy_rows, copy_vectors
-from mrl_pg.server import create_vector_extension, database_url
+from mrl_pg.server import database_url, scratch_schema
 from mrl_pg.synthetic import mrl_like_vectors
 
 Vectors = npt.NDArray[np.float32]
@@ -101,19 +100,12 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=256)
     args = parser.parse_args()
 
-    url = database_url()
     vectors = mrl_like_vectors(args.rows, args.dims, seed=0)
-    server = create_engine(url)
-    create_vector_extension(server)
-    schema = f"bulk_{uuid.uuid4().hex[:8]}"
-    with server.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(url, connect_args={"options": f"-c search_path={schema},public"})
     table = make_table(args.dims, args.prefix)
     registry().map_imperatively(Item, table)
     print(f"{args.rows:,} rows x {args.dims} dims, generated {args.prefix}-dim halfvec prefix")
     rates: dict[str, float] = {}
-    try:
+    with scratch_schema(database_url(), "bulk") as engine:
         for name, load in METHODS.items():
             table.create(engine)
             started = time.perf_counter()
@@ -126,11 +118,6 @@ def main() -> None:
             table.drop(engine)
             rates[name] = args.rows / elapsed
             print(f"  {name:<60} {rates[name]:>9,.0f} rows/s  ({elapsed:.1f} s)", flush=True)
-    finally:
-        engine.dispose()
-        with server.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        server.dispose()
     slowest = min(rates.values())
     print("speed-up over the slowest:")
     for name, rate in rates.items():

@@ -19,7 +19,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import count
@@ -27,13 +26,13 @@ from typing import Any
 
 import numpy as np
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Engine, MetaData, create_engine, select, text, update
+from sqlalchemy import BigInteger, Engine, MetaData, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix
 from mrl_pg.load import copy_vectors
-from mrl_pg.server import create_vector_extension, database_url
+from mrl_pg.server import database_url, scratch_schema
 from mrl_pg.synthetic import mrl_like_vectors, queries_near
 
 MAX_CLIENTS = 32
@@ -195,23 +194,8 @@ def main() -> int:
 
     url = database_url()
     check_loopback(url)
-    server = create_engine(url)
-    create_vector_extension(server)
-    schema = f"load_{uuid.uuid4().hex[:8]}"
-    with server.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        url,
-        pool_size=args.clients,
-        connect_args={"options": f"-c search_path={schema},public"},
-    )
-    try:
+    with scratch_schema(url, "load", pool_size=args.clients) as engine:
         return run(engine, args)
-    finally:
-        engine.dispose()
-        with server.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        server.dispose()
 
 
 def run(engine: Engine, args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +33,6 @@ from sqlalchemy import (
     MetaData,
     Table,
     Update,
-    create_engine,
     insert,
     text,
     update,
@@ -44,7 +42,7 @@ from mrl_pg import add_prefix_column
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE
 from mrl_pg.load import copy_vectors
-from mrl_pg.server import create_vector_extension, database_url
+from mrl_pg.server import database_url, scratch_schema
 from mrl_pg.synthetic import mrl_like_vectors
 
 
@@ -164,16 +162,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     args = parser.parse_args()
 
-    url = database_url()
-    admin = create_engine(url)
-    create_vector_extension(admin)
-    schema = f"resize_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        url,
-        connect_args={"options": f"-c search_path={schema},public -c maintenance_work_mem=1GB"},
-    )
     table = Table(
         "resize_items",
         MetaData(),
@@ -184,7 +172,8 @@ def main() -> None:
     big = MRLPrefix("embedding_mrl", "embedding", args.dims, args.from_dims)
     small = MRLPrefix("embedding_mrl", "embedding", args.dims, args.to_dims)
     batch = args.batch_size
-    try:
+    options = "-c maintenance_work_mem=1GB"
+    with scratch_schema(database_url(), "resize", options=options) as engine:
         print(f"{args.rows:,} rows x {args.dims} dims; prefix {args.from_dims} -> {args.to_dims}")
         started = time.perf_counter()
         (index,) = table.indexes
@@ -198,11 +187,6 @@ def main() -> None:
         plain_total, plain_wait = measure(engine, table, big, small, online=False, batch=batch)
         resize(engine, small, big, online=False, batch=batch)  # back, unmeasured
         online_total, online_wait = measure(engine, table, big, small, online=True, batch=batch)
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
     print(
         f"online / plain: total time {online_total / plain_total:.2f}x, "
         f"longest write wait {online_wait / plain_wait:.3f}x"

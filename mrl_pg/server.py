@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 #: Server settings fit for HNSW builds on a developer machine.
 EMBEDDED_SETTINGS = {"maintenance_work_mem": "1GB", "max_parallel_maintenance_workers": "2"}
@@ -61,3 +65,23 @@ def database_url(env_var: str = "MRL_PG_DSN") -> str:
 def create_vector_extension(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+
+
+@contextmanager
+def scratch_schema(url: str, name_prefix: str, **engine_options: Any) -> Iterator[Engine]:
+    """An engine on ``url`` whose ``search_path`` starts with a new schema of its own, which is
+    dropped, with all it holds, afterwards. The vector extension is created if missing."""
+    server = create_engine(url)
+    create_vector_extension(server)
+    schema = f"{name_prefix}_{uuid.uuid4().hex[:8]}"
+    with server.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    options = f"-c search_path={schema},public {engine_options.pop('options', '')}".strip()
+    engine = create_engine(url, connect_args={"options": options}, **engine_options)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with server.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        server.dispose()

@@ -97,12 +97,12 @@ def user_triggers(engine: Engine) -> int:
 
 
 def test_online_and_plain_changes_round_trip(project: tuple[Config, Engine, Path]) -> None:
-    """Online add, online resize, then a plain resize of the prefix the online change made;
-    and all the way back down."""
+    """Online add, online resize to a bit prefix, then a plain resize of the prefix the online
+    change made; and all the way back down."""
     config, engine, folder = project
     original = checksum(engine)
     states = [prefix_state(engine)]
-    for prefix_call, online in ((PREFIX_16, True), (PREFIX_32, True), (BIT_48, False)):
+    for prefix_call, online in ((PREFIX_16, True), (BIT_48, True), (PREFIX_32, False)):
         write_models(folder, prefix_call)
         if online:
             assert "online=True" in online_revision(config, folder, "online")
@@ -165,8 +165,14 @@ class Writer(threading.Thread):
 def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, Path]) -> None:
     config, engine, folder = project
     upgrade_to_plain_16(config, folder)
+    env = (folder / "env.py").read_text().replace(
+        "include_object=include_object)",
+        'include_object=include_object,\n'
+        '                          mrl_pg_online=lambda table: table.name == "items")',
+    )
+    (folder / "env.py").write_text(env)
     write_models(folder, PREFIX_32)
-    online_revision(config, folder, "online resize", batch_size=2_000)
+    assert "online=True)" in revision(config, folder, "online resize, as env.py asks")
     writer = Writer(config.attributes["url"], config.attributes["options"])
     writer.start()
     while writer.writes < 20:

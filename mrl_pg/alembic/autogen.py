@@ -5,6 +5,8 @@ for a generated column, and a new one as a plain ``add_column``/``create_index``
 Alembic's own comparison, this pass compares each table's declared prefixes with the ones in
 the database, removes Alembic's column and index operations for them, and puts
 ``op.add_mrl_prefix`` / ``op.resize_mrl_prefix`` / ``op.drop_mrl_prefix`` in their place.
+``context.configure(..., mrl_pg_online=...)`` in ``env.py`` makes them online operations for
+every table (True) or for the tables a function of the ``Table`` picks.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def _included(autogen_context: AutogenContext, table: Table) -> bool:
     )
 
 
+def _online(autogen_context: AutogenContext, table: Table) -> bool:
+    """Whether to write online operations for ``table``: the ``mrl_pg_online`` option of
+    ``context.configure()`` in ``env.py``, True, False (the default), or a function of the
+    ``Table``."""
+    choice = autogen_context.opts.get("mrl_pg_online", False)
+    return bool(choice(table) if callable(choice) else choice)
+
+
 def _table_changes(
     autogen_context: AutogenContext, table: Table, in_database: dict[str, MRLPrefix]
 ) -> tuple[list[ops.MigrateOperation], set[str], set[str]] | None:
@@ -91,6 +101,7 @@ def _table_changes(
     declared = {
         prefix.name: (prefix, MRLPrefix.from_declared(prefix)) for prefix in prefixes_of(table)
     }
+    options = {"schema": table.schema, "online": _online(autogen_context, table)}
     new_ops: list[ops.MigrateOperation] = []
     columns: set[str] = set()
     indexes: set[str] = set()
@@ -114,17 +125,15 @@ def _table_changes(
             if side is not None:
                 indexes.add(side.index(table.name))
         if model_side is None and db_side is not None:
-            new_ops.append(DropMRLPrefixOp(table.name, db_side, schema=table.schema))
+            new_ops.append(DropMRLPrefixOp(table.name, db_side, **options))
         elif model_side is not None and db_side is None:
-            new_ops.append(AddMRLPrefixOp(table.name, model_side[1], schema=table.schema))
+            new_ops.append(AddMRLPrefixOp(table.name, model_side[1], **options))
         elif (
             model_side is not None
             and db_side is not None
             and (model_side[1].ddl_signature(table.name) != db_side.ddl_signature(table.name))
         ):
-            new_ops.append(
-                ResizeMRLPrefixOp(table.name, db_side, model_side[1], schema=table.schema)
-            )
+            new_ops.append(ResizeMRLPrefixOp(table.name, db_side, model_side[1], **options))
     if not columns:
         return None
     for name in [*declared, *in_database]:  # an unfinished online change's leftovers

@@ -6,7 +6,8 @@ the new prefix beside the table's current one and swap it in:
 1. **prepare**: add a plain staging column and the trigger that fills it on every insert and
    update (metadata only; a short lock);
 2. **backfill**: fill the staging column of the existing rows, a batch of table blocks per
-   transaction, with progress notices (``mrl_pg: backfill ...``);
+   transaction (at most ``batch_size`` rows, and about ``BATCH_SECONDS`` long), with progress
+   notices (``mrl_pg: backfill ...``);
 3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column;
 4. **swap**: in one short transaction, drop the old prefix and its index, rename the staging
    column and index to their final names and hand over the trigger.
@@ -39,9 +40,11 @@ from mrl_pg.alembic.maintained import (
 from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.declare import fit_identifier
 
-#: Rows filled per backfill transaction, by default. A batch holds its rows' locks until it
-#: commits, so an application's update of one of them waits for up to one batch.
+#: Most rows filled per backfill transaction, by default. A batch holds its rows' locks until
+#: it commits, so an application's update of one of them waits for up to one batch...
 DEFAULT_BATCH_SIZE = 500
+#: ...which is why batches also shrink, or grow back, to take about this many seconds.
+BATCH_SECONDS = 0.2
 #: How long a step waits for a lock before it lets other queries through and retries.
 LOCK_TIMEOUT_MS = 2_000
 LOCK_ATTEMPTS = 30
@@ -122,10 +125,13 @@ class OnlineChange:
 DECLARE
     part regclass;
     blocks bigint;
+    max_step bigint;
     step bigint;
     low bigint;
     done bigint;
     total bigint := 0;
+    started timestamptz;
+    took double precision;
 BEGIN
     FOR part IN
         SELECT relid FROM pg_partition_tree({table.regclass}) WHERE isleaf
@@ -135,15 +141,20 @@ BEGIN
         blocks := pg_relation_size(part) / current_setting('block_size')::bigint;
         SELECT greatest(1, ceil({batch} / CASE WHEN relpages > 0 AND reltuples > 0
                    THEN greatest(1.0, reltuples / relpages) ELSE 1.0 END))::bigint
-            INTO step FROM pg_class WHERE oid = part;
+            INTO max_step FROM pg_class WHERE oid = part;
+        step := max_step;
         low := 0;
         WHILE low < blocks LOOP
+            started := clock_timestamp();
             EXECUTE format({literal(update_template)}, part)
                 USING format('(%s,0)', low)::tid, format('(%s,0)', low + step)::tid;
             GET DIAGNOSTICS done = ROW_COUNT;
             COMMIT;
+            took := extract(epoch FROM clock_timestamp() - started);
             total := total + done;
             low := low + step;
+            step := greatest(1, least(max_step,
+                round(step * {BATCH_SECONDS} / greatest(took, 0.001))));
             RAISE NOTICE 'mrl_pg: backfill of %: % rows filled, block % of % of %',
                 {literal(table.sql)}, total, least(low, blocks), blocks, part;
         END LOOP;

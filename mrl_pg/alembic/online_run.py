@@ -53,7 +53,8 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         with _progress(operations.get_bind() if live else None):
             operations.execute(change.swap_sql())
         operations.execute("RESET statement_timeout")
-    logger.info("%s on %s is in place", change.new.column, change.table.sql)
+    if live:
+        logger.info("%s on %s is in place", change.new.column, change.table.sql)
 
 
 def abandon_online_change(

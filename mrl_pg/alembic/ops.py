@@ -26,7 +26,12 @@ from mrl_pg.errors import PrefixConfigError
 
 class _PrefixOp(MigrateOperation):
     def __init__(
-        self, table_name: str, schema: str | None, online: bool, batch_size: int
+        self,
+        table_name: str,
+        *,
+        schema: str | None = None,
+        online: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PrefixConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -45,16 +50,8 @@ class _OnePrefixOp(_PrefixOp):
 
     verb: ClassVar[str]
 
-    def __init__(
-        self,
-        table_name: str,
-        prefix: MRLPrefix,
-        *,
-        schema: str | None = None,
-        online: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> None:
-        super().__init__(table_name, schema, online, batch_size)
+    def __init__(self, table_name: str, prefix: MRLPrefix, **options: Any) -> None:
+        super().__init__(table_name, **options)
         self.prefix = prefix
 
     @classmethod
@@ -105,17 +102,8 @@ class ResizeMRLPrefixOp(_PrefixOp):
     """Replace prefix ``old`` by ``new``: other dims, storage, distance or HNSW parameters.
     With ``online=True`` the new prefix is built beside the old one and swapped in."""
 
-    def __init__(
-        self,
-        table_name: str,
-        old: MRLPrefix,
-        new: MRLPrefix,
-        *,
-        schema: str | None = None,
-        online: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> None:
-        super().__init__(table_name, schema, online, batch_size)
+    def __init__(self, table_name: str, old: MRLPrefix, new: MRLPrefix, **options: Any) -> None:
+        super().__init__(table_name, **options)
         self.old = old
         self.new = new
 
