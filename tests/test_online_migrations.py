@@ -9,6 +9,8 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ pytest_plugins = ["tests.alembic_project"]
 PREFIX_16 = 'add_prefix_column(items, "embedding", 16, name="embedding_mrl")'
 PREFIX_32 = 'add_prefix_column(items, "embedding", 32, name="embedding_mrl", storage="vector")'
 STAGING = "embedding_mrl_mrl_next"
+BACKFILL = "DO $mrl$\nDECLARE\n    part regclass"  # how the backfill statement starts
 
 
 def online_revision(config: Config, folder: Path, message: str, batch_size: int = 5_000) -> str:
@@ -194,28 +197,35 @@ def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, P
     assert all(np.array_equal(np.float32(stored[i]), expected[i]) for i in expected)
 
 
-def cancel_when_running(engine: Engine, query_start: str, delay: float) -> threading.Thread:
-    """Cancel the first statement starting with ``query_start`` ``delay`` seconds after it is
-    seen, as a user's Ctrl-C or a dropped connection would."""
+@contextmanager
+def cancelling(engine: Engine, query_start: str, delay: float) -> Iterator[None]:
+    """Once a statement starting with ``query_start`` has run for ``delay`` seconds, cancel
+    whatever its backend runs until the block ends, as a Ctrl-C or a lost connection would."""
+    stop = threading.Event()
 
     def watch() -> None:
-        deadline = time.monotonic() + 120
+        pid, seen = None, 0.0
         with engine.connect() as conn:
-            while time.monotonic() < deadline:
-                pid = conn.execute(
-                    text("SELECT pid FROM pg_stat_activity WHERE query LIKE :q AND pid <> pg_backend_pid()"),
-                    {"q": query_start + "%"},
-                ).scalar()
+            while not stop.is_set():
+                if pid is None:
+                    pid = conn.execute(text(
+                        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE :q"
+                        " AND pid <> pg_backend_pid()"), {"q": query_start + "%"}).scalar()
+                    seen = time.monotonic()
+                elif time.monotonic() - seen >= delay:
+                    conn.execute(text(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                        " WHERE pid = :p AND state = 'active'"), {"p": pid})
                 conn.commit()
-                if pid is not None:
-                    time.sleep(delay)
-                    conn.execute(text("SELECT pg_cancel_backend(:p)"), {"p": pid})
-                    return
                 time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    return watcher
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def assert_usable(engine: Engine, prefix: MRLPrefix) -> None:
@@ -231,8 +241,7 @@ def assert_usable(engine: Engine, prefix: MRLPrefix) -> None:
 
 @pytest.mark.parametrize(
     ("step", "query_start", "delay"),
-    [("backfill", "DO $mrl$\nDECLARE\n    part regclass", 0.3),
-     ("index build", "CREATE INDEX CONCURRENTLY", 0.05)],
+    [("backfill", BACKFILL, 0.3), ("index build", "CREATE INDEX CONCURRENTLY", 0.05)],
 )
 def test_an_interrupted_online_change_resumes(
     project: tuple[Config, Engine, Path], step: str, query_start: str, delay: float
@@ -242,10 +251,8 @@ def test_an_interrupted_online_change_resumes(
     before = prefix_state(engine)
     write_models(folder, PREFIX_32)
     online_revision(config, folder, "online resize", batch_size=500)
-    watcher = cancel_when_running(engine, query_start, delay)
-    with pytest.raises(Exception, match="canceling statement"):
+    with cancelling(engine, query_start, delay), pytest.raises(Exception, match="canceling statement"):
         command.upgrade(config, "head")
-    watcher.join()
     assert prefix_state(engine) == before
     assert_usable(engine, before["embedding_mrl"])
     pending = pending_upgrade(engine, folder)
@@ -271,10 +278,8 @@ def test_an_interrupted_online_change_can_be_abandoned(
     before, original = prefix_state(engine), checksum(engine)
     write_models(folder, PREFIX_32)
     online_revision(config, folder, "online resize", batch_size=500)
-    watcher = cancel_when_running(engine, "DO $mrl$\nDECLARE\n    part regclass", 0.3)
-    with pytest.raises(Exception, match="canceling statement"):
+    with cancelling(engine, BACKFILL, 0.3), pytest.raises(Exception, match="canceling statement"):
         command.upgrade(config, "head")
-    watcher.join()
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
     url = config.attributes["url"]
