@@ -68,12 +68,17 @@ def create_vector_extension(engine: Engine) -> None:
 
 
 @contextmanager
-def scratch_schema(url: str, name_prefix: str, **engine_options: Any) -> Iterator[Engine]:
-    """An engine on ``url`` whose ``search_path`` starts with a new schema of its own, which is
-    dropped, with all it holds, afterwards. The vector extension is created if missing."""
-    server = create_engine(url)
-    create_vector_extension(server)
-    schema = f"{name_prefix}_{uuid.uuid4().hex[:8]}"
+def scratch_schema(
+    url: str, name_prefix: str, admin: Engine | None = None, **engine_options: Any
+) -> Iterator[Engine]:
+    """An engine on ``url`` whose ``search_path`` starts with a new schema of its own (then
+    ``public``, for the vector extension's types), dropped with all it holds afterwards.
+    ``admin`` creates and drops the schema (default: an engine of its own, which also creates
+    the vector extension if missing)."""
+    server = admin or create_engine(url)
+    if admin is None:
+        create_vector_extension(server)
+    schema = f"{name_prefix}_{uuid.uuid4().hex[:12]}"
     with server.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     options = f"-c search_path={schema},public {engine_options.pop('options', '')}".strip()
@@ -84,4 +89,5 @@ def scratch_schema(url: str, name_prefix: str, **engine_options: Any) -> Iterato
         engine.dispose()
         with server.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        server.dispose()
+        if admin is None:
+            server.dispose()

@@ -9,15 +9,14 @@ large data sets) works in a schema of its own, dropped afterwards.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url
 
-from mrl_pg.server import create_vector_extension, embedded_url, sqlalchemy_url
+from mrl_pg.server import create_vector_extension, embedded_url, scratch_schema, sqlalchemy_url
 
 pytest.register_assert_rewrite("tests.alembic_project")
 
@@ -60,22 +59,10 @@ def server_engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-@contextmanager
-def schema_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
+def schema_engine(database_url: str, server_engine: Engine) -> AbstractContextManager[Engine]:
     """An engine whose connections work in a new, empty schema (``public`` stays visible
     for the ``vector`` extension's types)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with server_engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        database_url, connect_args={"options": f"-c search_path={schema},public"}
-    )
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with server_engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    return scratch_schema(database_url, "t", admin=server_engine)
 
 
 @pytest.fixture
