@@ -22,7 +22,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import Engine, create_engine, insert, select, text, update
 
-from mrl_pg.alembic import MigrationCheckError, MRLPrefix
+from mrl_pg.alembic import AddMRLPrefixOp, MigrationCheckError, MRLPrefix
 from mrl_pg.cli import main
 from mrl_pg.synthetic import mrl_like_vectors
 from tests.alembic_project import (
@@ -343,3 +343,10 @@ def test_online_mode_refuses_a_partitioned_table(database_url: str, server_engin
             Operations(context).add_mrl_prefix(  # type: ignore[attr-defined]
                 "docs", MRLPrefix("embedding_mrl", "embedding", DIMS, 16), online=True
             )
+
+
+@pytest.mark.parametrize("batch_size", [0, -5, 2.5, True])
+def test_a_bad_batch_size_is_refused(batch_size: object) -> None:
+    prefix = MRLPrefix("embedding_mrl", "embedding", DIMS, 16)
+    with pytest.raises(MigrationCheckError, match="batch_size must be a positive integer"):
+        AddMRLPrefixOp("items", prefix, online=True, batch_size=batch_size)

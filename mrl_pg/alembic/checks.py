@@ -11,7 +11,8 @@ from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
 
 
 class MigrationCheckError(MRLError, ValueError):
-    """The database does not allow the migration: unknown table or column, a name in use."""
+    """The migration cannot run as asked: unknown table or column, a name in use, a batch
+    size that is not a positive integer, online mode on a partitioned table."""
 
 
 

@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
-from mrl_pg.alembic.checks import check
+from mrl_pg.alembic.checks import MigrationCheckError, check
 from mrl_pg.alembic.maintained import TableRef, drop_trigger_sql, ident
 from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
 from mrl_pg.alembic.online_run import run_online
 from mrl_pg.alembic.prefix_args import MRLPrefix
-from mrl_pg.errors import PrefixConfigError
 
 
 class _PrefixOp(MigrateOperation):
@@ -34,7 +33,9 @@ class _PrefixOp(MigrateOperation):
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise PrefixConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise MigrationCheckError(
+                f"batch_size must be a positive integer, got {batch_size!r}"
+            )
         self.table_name = table_name
         self.schema = schema
         self.online = online
