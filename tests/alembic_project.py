@@ -22,6 +22,8 @@ from tests.conftest import schema_engine
 ROWS = 50_000
 DIMS = 64
 VECTORS = mrl_like_vectors(ROWS, DIMS, seed=3)
+#: Rows whose search must find themselves: concurrent writers leave them (and row 0) alone.
+SEARCHED_IDS = (5, 777, 31_000)
 
 ENV_PY = """
 import importlib
@@ -166,7 +168,7 @@ def assert_search_finds_itself(engine: Engine, prefix_name: str) -> None:
     add_prefix_column(table, "embedding", current.dims, name=prefix_name, distance=current.distance,
                       storage=current.storage, m=current.m, ef_construction=current.ef_construction)
     with engine.connect() as conn:
-        for i in (5, 777, 31_000):
+        for i in SEARCHED_IDS:
             rows = conn.execute(mrl_search(table, VECTORS[i], k=3)).all()
             itself = -1.0 if current.distance == "inner_product" else 0.0  # vectors are unit length
             assert rows[0].id == i and rows[0].distance == pytest.approx(itself, abs=1e-5)

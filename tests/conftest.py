@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, make_url
 
 from mrl_pg.server import create_vector_extension, embedded_url, scratch_schema, sqlalchemy_url
 
-pytest.register_assert_rewrite("tests.alembic_project")
+pytest.register_assert_rewrite("tests.alembic_project", "tests.online_project")
 
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 
@@ -44,7 +44,7 @@ def database_url() -> Iterator[str]:
         # docker/compose.yaml itself, published on a free loopback port (empty MRL_PG_PORT).
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MRL_PG_PORT", "")
-            with DockerCompose(DOCKER_DIR, wait=True) as compose:
+            with DockerCompose(DOCKER_DIR, compose_file_name="compose.yaml", wait=True) as compose:
                 host, port = compose.get_service_host_and_port("db", 5432)
                 yield f"postgresql+psycopg://mrl_pg:mrl_pg@{host}:{port}/mrl_pg"
     else:

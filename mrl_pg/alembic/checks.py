@@ -12,8 +12,7 @@ from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
 
 class MigrationCheckError(MRLError, ValueError):
     """The migration cannot run as asked: unknown table or column, a name in use, a batch
-    size that is not a positive integer, online mode on a partitioned table."""
-
+    size that is not a positive integer."""
 
 
 def check(

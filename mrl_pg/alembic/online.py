@@ -8,7 +8,8 @@ the new prefix beside the table's current one and swap it in:
 2. **backfill**: fill the staging column of the existing rows, a batch of table blocks per
    transaction (at most ``batch_size`` rows, and about ``BATCH_SECONDS`` long), with progress
    notices (``mrl_pg: backfill ...``);
-3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column;
+3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column (on each partition of a
+   partitioned table, see :mod:`mrl_pg.alembic.online_partitions`);
 4. **swap**: in one short transaction, drop the old prefix and its index, rename the staging
    column and index to their final names and hand over the trigger.
 
@@ -25,6 +26,7 @@ generated one. Needs PostgreSQL 14 or later (TID range scans, ``CREATE OR REPLAC
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mrl_pg.alembic.maintained import (
@@ -181,8 +183,9 @@ $mrl$"""
             f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
         )
 
-    def swap_sql(self) -> str:
-        """Retire the old prefix and give the staging column and index their final names."""
+    def swap_sql(self, renames: Sequence[str] = ()) -> str:
+        """Retire the old prefix and give the staging column and index their final names;
+        ``renames`` name the indexes of a partitioned table's partitions."""
         table, new = self.table, self.new
         retire: list[str] = []
         if self.old is not None:
@@ -191,16 +194,23 @@ $mrl$"""
                 *drop_trigger_sql(table, self.old.column),
                 f"ALTER TABLE {table.sql} DROP COLUMN {ident(self.old.column)}",
             ]
+        staging_index = literal(table.qualify(self.staging_index))
         return locked_ddl(
             table,
             "swap",
             [
+                f"IF NOT coalesce((SELECT indisvalid FROM pg_index "
+                f"WHERE indexrelid = to_regclass({staging_index})), false) THEN "
+                f"RAISE EXCEPTION 'mrl_pg: swap: index % is incomplete; run the migration "
+                f"again', {staging_index} USING ERRCODE = 'object_not_in_prerequisite_state'; "
+                "END IF",
                 *retire,
                 *drop_trigger_sql(table, self.staging_column),
                 f"ALTER TABLE {table.sql} RENAME COLUMN {ident(self.staging_column)} "
                 f"TO {ident(new.column)}",
                 f"ALTER INDEX {table.qualify(self.staging_index)} "
                 f"RENAME TO {ident(new.index(table.name))}",
+                *renames,
                 *create_trigger_sql(table, new, new.column),
             ],
         )
@@ -222,7 +232,12 @@ def abandon_sql(table: TableRef, column: str) -> str:
 
 def locked_ddl(table: TableRef, step: str, statements: list[str]) -> str:
     """A DO block running ``statements`` in one transaction, each attempt waiting at most
-    ``LOCK_TIMEOUT_MS`` for its locks, up to ``LOCK_ATTEMPTS`` attempts."""
+    ``LOCK_TIMEOUT_MS`` for its locks, up to ``LOCK_ATTEMPTS`` attempts.
+
+    The block first locks the table, and with it every partition, parent before children as
+    writers lock them, so that it never waits for a lock while holding another: the
+    statements need no lock it does not hold already."""
+    statements = [f"LOCK TABLE {table.sql} IN ACCESS EXCLUSIVE MODE", *statements]
     body = "".join(f"            {statement};\n" for statement in statements)
     return f"""DO $mrl$
 BEGIN

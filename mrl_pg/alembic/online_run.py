@@ -17,9 +17,10 @@ from typing import Any
 from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
-from mrl_pg.alembic.checks import MigrationCheckError, check
+from mrl_pg.alembic.checks import check
 from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.alembic.online import OnlineChange, abandon_sql
+from mrl_pg.alembic.online_partitions import build_partitioned_index, partition_indexes
 from mrl_pg.alembic.reflect import reflect_prefixes
 
 logger = logging.getLogger("alembic.mrl_pg")
@@ -36,22 +37,21 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         logger.info("%s on %s is already in place", change.new.column, change.table.sql)
         return
     check(operations, change.table, adding=change.new, dropping=change.old)
-    if live and _is_partitioned(operations.get_bind(), change):
-        raise MigrationCheckError(
-            f"online mode cannot build an index on partitioned table {change.table.sql} "
-            "concurrently; use the plain mode, which builds one index per partition"
-        )
+    partitions = partition_indexes(operations.get_bind(), change) if live else None
     with context.autocommit_block():
         operations.execute("SET statement_timeout = 0")
         with _progress(operations.get_bind() if live else None):
             operations.execute(change.prepare_sql())
             operations.execute(change.backfill_sql())
-        if not (live and _staging_index_ready(operations.get_bind(), change)):
+        if partitions is not None:
+            build_partitioned_index(operations, change, partitions)
+        elif not (live and _staging_index_ready(operations.get_bind(), change)):
             operations.execute(change.drop_index_sql())
             logger.info("building %s concurrently", change.staging_index)
             operations.execute(change.create_index_sql())
+        renames = [partition.rename_sql() for partition in partitions or ()]
         with _progress(operations.get_bind() if live else None):
-            operations.execute(change.swap_sql())
+            operations.execute(change.swap_sql(renames))
         operations.execute("RESET statement_timeout")
     if live:
         logger.info("%s on %s is in place", change.new.column, change.table.sql)
@@ -91,13 +91,6 @@ def _column_exists(connection: Connection, change: OnlineChange, name: str) -> b
             {"t": change.table.sql, "c": name},
         ).scalar_one()
     )
-
-
-def _is_partitioned(connection: Connection, change: OnlineChange) -> bool:
-    kind = connection.execute(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": change.table.sql}
-    ).scalar()
-    return kind == "p"
 
 
 def _staging_index_ready(connection: Connection, change: OnlineChange) -> bool:

@@ -1,0 +1,142 @@
+"""Online prefix changes on a partitioned table (two levels of partitions), driven through
+Alembic while a writer keeps writing: interrupted, abandoned, resumed, and taken back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, select, text
+
+from mrl_pg.alembic import abandon_online_change
+from mrl_pg.sql import install
+from tests.alembic_project import (
+    ROWS,
+    SEARCHED_IDS,
+    VECTORS,
+    assert_prefix_values,
+    assert_search_finds_itself,
+    items_table,
+    prefix_state,
+    write_models,
+)
+from tests.online_project import (
+    PREFIX_32,
+    STAGING,
+    Writer,
+    cancelling,
+    check_quietly,
+    online_revision,
+    upgrade_to_plain_16,
+)
+
+pytest_plugins = ["tests.alembic_project"]
+
+LEAVES = ["items_high_0", "items_high_1", "items_low"]
+
+
+def partition_items(engine: Engine) -> None:
+    """Make ``items`` a range-partitioned table whose upper range is hash-partitioned."""
+    with engine.begin() as conn:
+        for statement in (
+            "ALTER TABLE items RENAME TO items_unpartitioned",
+            "CREATE TABLE items (id integer PRIMARY KEY, embedding vector(64)) "
+            "PARTITION BY RANGE (id)",
+            "CREATE TABLE items_low PARTITION OF items FOR VALUES FROM (MINVALUE) TO (20000)",
+            "CREATE TABLE items_high PARTITION OF items FOR VALUES FROM (20000) TO (MAXVALUE) "
+            "PARTITION BY HASH (id)",
+            "CREATE TABLE items_high_0 PARTITION OF items_high "
+            "FOR VALUES WITH (MODULUS 2, REMAINDER 0)",
+            "CREATE TABLE items_high_1 PARTITION OF items_high "
+            "FOR VALUES WITH (MODULUS 2, REMAINDER 1)",
+            "INSERT INTO items SELECT * FROM items_unpartitioned",
+            "DROP TABLE items_unpartitioned",
+            "ANALYZE items",
+        ):
+            conn.execute(text(statement))
+
+
+def prefix_indexes(engine: Engine) -> list[tuple[str, str, bool]]:
+    """(table, index, valid) for every index on a prefix column of the partition tree."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT t.relid::regclass::text, x.indexrelid::regclass::text, x.indisvalid "
+            "FROM pg_partition_tree('items') t JOIN pg_index x ON x.indrelid = t.relid "
+            "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] "
+            "WHERE a.attname LIKE 'embedding_mrl%' ORDER BY 1, 2"
+        )).all()
+    return [tuple(row) for row in rows]
+
+
+def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Path]) -> None:
+    config, engine, folder = project
+    partition_items(engine)
+    env = (folder / "env.py").read_text()
+    # Partitions are tables to autogenerate; the app's models do not declare them.
+    (folder / "env.py").write_text(env.replace(
+        'return name != "ignored_by_user"',
+        'return name != "ignored_by_user" and not (type_ == "table" and name != "items")',
+    ))
+    upgrade_to_plain_16(config, folder)
+    before, indexes_before = prefix_state(engine), prefix_indexes(engine)
+    assert len(indexes_before) == 5 and all(valid for *_, valid in indexes_before)
+    write_models(folder, PREFIX_32)
+    online_revision(config, folder, "online resize", batch_size=2_000)
+    writer = Writer(config.attributes["url"], config.attributes["options"])
+    writer.start()
+    try:
+        # Stopped while the first leaf's index is built, then abandoned: as it was.
+        with (
+            cancelling(engine, "CREATE INDEX CONCURRENTLY", 0.05),
+            pytest.raises(Exception, match="canceling statement"),
+        ):
+            command.upgrade(config, "head")
+        with engine.begin() as conn:
+            abandon_online_change(conn, "items", "embedding_mrl")
+        assert prefix_state(engine) == before and prefix_indexes(engine) == indexes_before
+        # Stopped while a leaf's index is built again, then resumed.
+        with (
+            cancelling(engine, 'CREATE INDEX CONCURRENTLY "items_high_1', 0.05),
+            pytest.raises(Exception, match="canceling statement"),
+        ):
+            command.upgrade(config, "head")
+        assert prefix_state(engine) == before
+        assert_search_finds_itself(engine, "embedding_mrl")
+        command.upgrade(config, "head")
+        during = writer.writes
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.errors == [] and during > 50
+    after = prefix_state(engine)["embedding_mrl"]
+    assert after.dims == 32 and after.storage == "vector"
+    assert_prefix_values(engine, after)
+    assert_search_finds_itself(engine, "embedding_mrl")
+    assert prefix_indexes(engine) == [
+        ("items", "ix_items_embedding_mrl_hnsw", True),
+        ("items_high", "items_high_embedding_mrl_idx", True),
+        *((leaf, f"{leaf}_embedding_mrl_idx", True) for leaf in LEAVES),
+    ]
+    with engine.connect() as conn:
+        stored = {row.id: row.embedding for row in conn.execute(select(items_table()))}
+        staging = conn.execute(text(
+            "SELECT count(*) FROM pg_attribute WHERE attname = :c"
+            " AND attrelid IN (SELECT relid FROM pg_partition_tree('items'))"
+        ), {"c": STAGING}).scalar_one()
+        install(conn)
+        from_sql = conn.execute(
+            text("SELECT pk FROM mrl_search('items', CAST(:q AS vector), 3)"),
+            {"q": str(VECTORS[SEARCHED_IDS[1]].tolist())},
+        ).scalars().first()
+    assert from_sql == {"id": SEARCHED_IDS[1]}
+    expected = {i: VECTORS[i] for i in range(ROWS)} | writer.expected
+    assert stored.keys() == expected.keys() and staging == 0
+    assert all(np.array_equal(np.float32(stored[i]), expected[i]) for i in expected)
+    check_quietly(config)
+
+    command.downgrade(config, "-1")
+    assert prefix_state(engine) == before and prefix_indexes(engine) == indexes_before
+    assert_prefix_values(engine, before["embedding_mrl"])
