@@ -7,18 +7,24 @@ the database, removes Alembic's column and index operations for them, and puts
 ``op.add_mrl_prefix`` / ``op.resize_mrl_prefix`` / ``op.drop_mrl_prefix`` in their place.
 ``context.configure(..., mrl_pg_online=...)`` in ``env.py`` makes them online operations for
 every table (True) or for the tables a function of the ``Table`` picks.
+
+Alembic also takes each partition of a partitioned table for a table the models lack, and
+would drop it; the partitions of tables that declare a prefix are left alone.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Connection, Table, text
 
+from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, staging_column, staging_index
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.prefix_args import MRLPrefix
@@ -26,6 +32,17 @@ from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
 from mrl_pg.declare import INFO_KEY, prefixes_of
 
 _IMPORT = "from mrl_pg.alembic import MRLPrefix"
+logger = logging.getLogger("alembic.mrl_pg")
+
+_PARTITION_ROOT_SQL = text(
+    """
+    SELECT r.relname AS name, n.nspname AS schema, n.nspname = current_schema() AS in_default
+    FROM pg_class c
+    JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+    JOIN pg_namespace n ON n.oid = r.relnamespace
+    WHERE c.oid = to_regclass(:table) AND c.relispartition
+    """
+)
 
 
 def compare_prefixes(
@@ -39,6 +56,7 @@ def compare_prefixes(
     created = {
         (op.schema, op.table_name) for op in upgrade_ops.ops if isinstance(op, ops.CreateTableOp)
     }
+    _keep_partitions(connection, upgrade_ops, autogen_context.sorted_tables)
     for table in autogen_context.sorted_tables:
         key = (table.schema, table.name)
         if key in created or not _included(autogen_context, table):
@@ -76,6 +94,29 @@ def skip_prefix_server_default(
 comparators.dispatch_for("column", priority=DispatchPriority.FIRST, subgroup="server_default")(
     skip_prefix_server_default
 )
+
+
+def _keep_partitions(
+    connection: Connection, upgrade_ops: ops.UpgradeOps, tables: Sequence[Table]
+) -> None:
+    """Take out what Alembic would do to the partitions of a table with a prefix: drop
+    their indexes, then them."""
+    with_prefixes = {
+        (table.schema, table.name) for table in tables if prefixes_of(table)
+    }
+    for op in list(upgrade_ops.ops):
+        if not isinstance(op, (ops.DropTableOp, ops.ModifyTableOps)):
+            continue
+        root = connection.execute(
+            _PARTITION_ROOT_SQL, {"table": TableRef(op.table_name, op.schema).sql}
+        ).first()
+        if root is None:
+            continue
+        keys = {(root.schema, root.name)} | ({(None, root.name)} if root.in_default else set())
+        if keys & with_prefixes:
+            upgrade_ops.ops.remove(op)
+            if isinstance(op, ops.DropTableOp):
+                logger.info("left partition %r of table %r alone", op.table_name, root.name)
 
 
 def _included(autogen_context: AutogenContext, table: Table) -> bool:
