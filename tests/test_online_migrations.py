@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
+import re
 import time
 from pathlib import Path
 
@@ -238,3 +240,23 @@ def test_a_bad_batch_size_is_refused(batch_size: object) -> None:
     prefix = MRLPrefix("embedding_mrl", "embedding", DIMS, 16)
     with pytest.raises(MigrationCheckError, match="batch_size must be a positive integer"):
         AddMRLPrefixOp("items", prefix, online=True, batch_size=batch_size)
+
+
+def test_the_index_build_logs_its_progress(
+    project: tuple[Config, Engine, Path], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, _, folder = project
+    monkeypatch.setattr("mrl_pg.alembic.index_progress.PROGRESS_INTERVAL", 0.05)
+    caplog.set_level(logging.INFO, logger="alembic.mrl_pg")
+    write_models(folder, PREFIX_16)
+    online_revision(config, folder, "add online")
+    command.upgrade(config, "head")
+    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mrl_pg: building")]
+    assert any(
+        re.fullmatch(
+            r"mrl_pg: building ix_items_embedding_mrl_hnsw_next: building index: loading tuples, "
+            r"[\d,]+ of [\d,]+ (tuples|blocks) \(\d+%\)", report
+        )
+        for report in reports
+    ), reports

@@ -9,7 +9,7 @@ the new prefix beside the table's current one and swap it in:
    transaction (at most ``batch_size`` rows, and about ``BATCH_SECONDS`` long), with progress
    notices (``mrl_pg: backfill ...``);
 3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column (on each partition of a
-   partitioned table, see :mod:`mrl_pg.alembic.online_partitions`);
+   partitioned table, see :mod:`mrl_pg.alembic.online_index`);
 4. **swap**: in one short transaction, drop the old prefix and its index, rename the staging
    column and index to their final names and hand over the trigger.
 
@@ -176,9 +176,16 @@ $mrl$"""
         return f"DROP INDEX CONCURRENTLY IF EXISTS {self.table.qualify(self.staging_index)}"
 
     def create_index_sql(self) -> str:
-        spec = self.new.spec()
         return (
             f"CREATE INDEX CONCURRENTLY {ident(self.staging_index)} ON {self.table.sql} "
+            + self.index_definition
+        )
+
+    @property
+    def index_definition(self) -> str:
+        """The staging index's method, column and parameters: ``USING hnsw (...) WITH (...)``."""
+        spec = self.new.spec()
+        return (
             f"USING hnsw ({ident(self.staging_column)} {spec.opclass}) "
             f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
         )

@@ -18,16 +18,13 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import check
+from mrl_pg.alembic.index_progress import PROGRESS_INTERVAL
 from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.alembic.online import OnlineChange, abandon_sql
-from mrl_pg.alembic.online_partitions import build_partitioned_index, partition_indexes
+from mrl_pg.alembic.online_index import build_index, partition_indexes
 from mrl_pg.alembic.reflect import reflect_prefixes
 
 logger = logging.getLogger("alembic.mrl_pg")
-
-#: Seconds between two logged backfill progress notices.
-PROGRESS_INTERVAL = 5.0
-
 
 def run_online(operations: Operations, change: OnlineChange) -> None:
     """Check, then prepare, backfill, index and swap; in ``--sql`` mode, write the script."""
@@ -43,11 +40,10 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         with _progress(operations.get_bind() if live else None):
             operations.execute(change.prepare_sql())
             operations.execute(change.backfill_sql())
-        if partitions is not None:
-            build_partitioned_index(operations, change, partitions)
-        elif not (live and _staging_index_ready(operations.get_bind(), change)):
+        if live:
+            build_index(operations, change, partitions)
+        else:
             operations.execute(change.drop_index_sql())
-            logger.info("building %s concurrently", change.staging_index)
             operations.execute(change.create_index_sql())
         renames = [partition.rename_sql() for partition in partitions or ()]
         with _progress(operations.get_bind() if live else None):
@@ -90,26 +86,6 @@ def _column_exists(connection: Connection, change: OnlineChange, name: str) -> b
             ),
             {"t": change.table.sql, "c": name},
         ).scalar_one()
-    )
-
-
-def _staging_index_ready(connection: Connection, change: OnlineChange) -> bool:
-    """Whether an earlier run left a valid staging index built as ``change.new`` asks."""
-    spec = change.new.spec()
-    row = connection.execute(
-        text(
-            "SELECT x.indisvalid, opc.opcname, c.reloptions FROM pg_class c "
-            "JOIN pg_index x ON x.indexrelid = c.oid "
-            "JOIN pg_opclass opc ON opc.oid = x.indclass[0] WHERE c.oid = to_regclass(:i)"
-        ),
-        {"i": change.table.qualify(change.staging_index)},
-    ).first()
-    wanted = {f"m={spec.m}", f"ef_construction={spec.ef_construction}"}
-    return (
-        row is not None
-        and bool(row.indisvalid)
-        and row.opcname == spec.opclass
-        and set(row.reloptions or ()) == wanted
     )
 
 

@@ -11,12 +11,14 @@ and has a ``reverse()`` for downgrades.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
+from mrl_pg.alembic.index_progress import index_build_progress
 from mrl_pg.alembic.maintained import TableRef, drop_trigger_sql, ident
 from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
 from mrl_pg.alembic.online_run import run_online
@@ -171,15 +173,18 @@ def _add(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     operations.add_column(
         table.name, Column(prefix.column, spec.sql_type(), generated), schema=table.schema
     )
-    operations.create_index(
-        prefix.index(table.name),
-        table.name,
-        [prefix.column],
-        schema=table.schema,
-        postgresql_using="hnsw",
-        postgresql_with={"m": spec.m, "ef_construction": spec.ef_construction},
-        postgresql_ops={prefix.column: spec.opclass},
-    )
+    index = prefix.index(table.name)
+    live = not operations.get_context().as_sql
+    with index_build_progress(operations.get_bind(), index) if live else nullcontext():
+        operations.create_index(
+            index,
+            table.name,
+            [prefix.column],
+            schema=table.schema,
+            postgresql_using="hnsw",
+            postgresql_with={"m": spec.m, "ef_construction": spec.ef_construction},
+            postgresql_ops={prefix.column: spec.opclass},
+        )
 
 
 def _drop_statements(table: TableRef, prefix: MRLPrefix) -> list[str]:

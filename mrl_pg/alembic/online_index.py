@@ -1,6 +1,7 @@
-"""The index step of an online change on a partitioned table.
+"""The index step of an online change: build the staging index concurrently, or finish the
+one an interrupted run left; the build's progress is logged.
 
-PostgreSQL cannot build an index concurrently on a partitioned table, so the staging index is
+PostgreSQL cannot build an index concurrently on a partitioned table, so there the index is
 put together the way its manual describes for partitioned indexes: an index ``ON ONLY`` the
 table and each partitioned partition (catalog entries, invalid while incomplete), then each
 leaf partition's index built concurrently and attached to its parent's. The table's index
@@ -22,6 +23,7 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import MigrationCheckError
+from mrl_pg.alembic.index_progress import index_build_progress
 from mrl_pg.alembic.maintained import TableRef, ident, literal
 from mrl_pg.alembic.online import OnlineChange, locked_ddl
 from mrl_pg.declare import fit_identifier
@@ -102,11 +104,18 @@ def partition_indexes(connection: Connection, change: OnlineChange) -> list[Part
     return found
 
 
-def build_partitioned_index(
-    operations: Operations, change: OnlineChange, partitions: Sequence[PartitionIndex]
+def build_index(
+    operations: Operations,
+    change: OnlineChange,
+    partitions: Sequence[PartitionIndex] | None,
 ) -> None:
-    """Create, or complete, the staging index of partitioned ``change.table``."""
+    """Create, or complete, the staging index of ``change.table``; ``partitions`` are the
+    table's (see :func:`partition_indexes`), None when it is not partitioned."""
     table = change.table
+    if partitions is None:
+        if _state(operations, change, table, change.staging_index, leaf=True) == "missing":
+            _build_concurrently(operations, change, table, change.staging_index)
+        return
     if _state(operations, change, table, change.staging_index, leaf=False) == "missing":
         operations.execute(
             locked_ddl(table, "index", [_on_only_sql(change, table, change.staging_index)])
@@ -118,16 +127,23 @@ def build_partitioned_index(
             continue
         statements = []
         if state == "missing" and partition.leaf:
-            logger.info("building %s concurrently", name)
-            operations.execute(
-                f"CREATE INDEX CONCURRENTLY {ident(name)} ON {target.sql} " + _index_body(change)
-            )
+            _build_concurrently(operations, change, target, name)
         elif state == "missing":
             statements.append(_on_only_sql(change, target, name))
         statements.append(
             f"ALTER INDEX {partition.parent_index} ATTACH PARTITION {target.qualify(name)}"
         )
         operations.execute(locked_ddl(table, "index", statements))
+
+
+def _build_concurrently(
+    operations: Operations, change: OnlineChange, table: TableRef, name: str
+) -> None:
+    logger.info("building %s concurrently", name)
+    with index_build_progress(operations.get_bind(), name):
+        operations.execute(
+            f"CREATE INDEX CONCURRENTLY {ident(name)} ON {table.sql} {change.index_definition}"
+        )
 
 
 def _state(
@@ -170,15 +186,4 @@ def _state(
 
 
 def _on_only_sql(change: OnlineChange, table: TableRef, name: str) -> str:
-    return (
-        f"CREATE INDEX IF NOT EXISTS {ident(name)} ON ONLY {table.sql} "
-        + _index_body(change)
-    )
-
-
-def _index_body(change: OnlineChange) -> str:
-    spec = change.new.spec()
-    return (
-        f"USING hnsw ({ident(change.staging_column)} {spec.opclass}) "
-        f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
-    )
+    return f"CREATE INDEX IF NOT EXISTS {ident(name)} ON ONLY {table.sql} {change.index_definition}"
