@@ -27,27 +27,40 @@ _RESTORE_KEY = "mrl_pg_restore"
 Settings = tuple[tuple[str, str], ...]
 
 
-def _set_sql(count: int) -> str:
+def _placeholders(conn: Connection, count: int) -> list[str]:
+    """``count`` positional parameter markers in the driver's style: ``$1, $2, ...`` for
+    asyncpg, ``%s`` for psycopg and the other format-style drivers."""
+    if conn.dialect.paramstyle == "numeric_dollar":
+        return [f"${i}" for i in range(1, count + 1)]
+    return ["%s"] * count
+
+
+def _set_sql(markers: list[str]) -> str:
     """Read each setting's current value, then set it; one round trip for all of them."""
-    parts = ["current_setting(%s, true), set_config(%s, %s, %s)" for _ in range(count)]
+    parts = [
+        f"current_setting({name}, true), set_config({same}, {value}, {local})"
+        for name, same, value, local in zip(*[iter(markers)] * 4, strict=True)
+    ]
     return "SELECT " + ", ".join(parts)
 
 
-def _restore_sql(count: int) -> str:
+def _restore_sql(markers: list[str]) -> str:
     """Put settings back; a NULL value (the setting did not exist yet) resets it."""
-    return "SELECT " + ", ".join(["set_config(%s, %s, %s)"] * count)
+    parts = [
+        f"set_config({name}, {value}, {local})"
+        for name, value, local in zip(*[iter(markers)] * 3, strict=True)
+    ]
+    return "SELECT " + ", ".join(parts)
 
 
-def _apply(
-    dbapi_connection: Any, settings: Settings, local: bool
-) -> list[tuple[str, str | None]]:
+def _apply(conn: Connection, settings: Settings, local: bool) -> list[tuple[str, str | None]]:
     """Make ``settings``; returns the previous value of each one that changed."""
     params: list[Any] = []
     for name, value in settings:
         params += [name, name, value, local]
-    helper = dbapi_connection.cursor()
+    helper = _dbapi_connection(conn).cursor()
     try:
-        helper.execute(_set_sql(len(settings)), params)
+        helper.execute(_set_sql(_placeholders(conn, len(params))), params)
         row = helper.fetchone()
     finally:
         helper.close()
@@ -59,17 +72,21 @@ def _apply(
     ]
 
 
-def _restore(
-    dbapi_connection: Any, previous: Sequence[tuple[str, str | None]], local: bool
-) -> None:
+def _restore(conn: Connection, previous: Sequence[tuple[str, str | None]], local: bool) -> None:
     params: list[Any] = []
     for name, value in previous:
         params += [name, value, local]
-    helper = dbapi_connection.cursor()
+    helper = _dbapi_connection(conn).cursor()
     try:
-        helper.execute(_restore_sql(len(previous)), params)
+        helper.execute(_restore_sql(_placeholders(conn, len(params))), params)
     finally:
         helper.close()
+
+
+def _dbapi_connection(conn: Connection) -> Any:
+    """The pool's DBAPI connection, not ``cursor.connection``: asyncio drivers' adapted
+    cursors have no ``connection`` attribute."""
+    return conn.connection.dbapi_connection
 
 
 @event.listens_for(Engine, "before_cursor_execute")
@@ -86,11 +103,8 @@ def _before_cursor_execute(
     )
     if not settings:
         return
-    # The pool's DBAPI connection, not ``cursor.connection``: asyncio drivers' adapted cursors
-    # have no ``connection`` attribute.
-    dbapi_connection = conn.connection.dbapi_connection
-    local = not getattr(dbapi_connection, "autocommit", False)
-    previous = _apply(dbapi_connection, settings, local)
+    local = not getattr(_dbapi_connection(conn), "autocommit", False)
+    previous = _apply(conn, settings, local)
     streaming = bool(context is not None and context.execution_options.get("stream_results"))
     if previous and not streaming:
         conn.info[_RESTORE_KEY] = (previous, local)
@@ -108,7 +122,7 @@ def _after_cursor_execute(
     pending = conn.info.pop(_RESTORE_KEY, None)
     if pending is not None:
         previous, local = pending
-        _restore(conn.connection.dbapi_connection, previous, local)
+        _restore(conn, previous, local)
 
 
 @event.listens_for(Engine, "handle_error")
@@ -123,4 +137,4 @@ def _handle_error(context: ExceptionContext) -> None:
         return
     previous, local = pending
     if not local and not context.is_disconnect:
-        _restore(conn.connection.dbapi_connection, previous, local)
+        _restore(conn, previous, local)

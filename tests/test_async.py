@@ -1,5 +1,5 @@
-"""The same API through ``create_async_engine("postgresql+psycopg://...")`` and
-``AsyncSession``: recall against exact ground truth, and settings scoped to one statement."""
+"""The same API through ``create_async_engine()`` and ``AsyncSession``, with psycopg and with
+asyncpg: recall against exact ground truth, and settings scoped to one statement."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Engine, Integer, MetaData, select, text
+from sqlalchemy import Engine, Integer, MetaData, make_url, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix, mrl_search
@@ -65,13 +66,28 @@ def schema(database_url: str, server_engine: Engine) -> Iterator[str]:
             yield str(conn.execute(text("SELECT current_schema()")).scalar_one())
 
 
-def run(database_url: str, schema: str, body: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run ``body`` with an async engine on the module's schema, in a fresh event loop."""
+@pytest.fixture(params=["psycopg", "asyncpg"])
+def driver(request: pytest.FixtureRequest) -> str:
+    name = str(request.param)
+    pytest.importorskip(name)
+    return name
+
+
+def run(
+    database_url: str, schema: str, driver: str, body: Callable[[AsyncEngine], Awaitable[T]]
+) -> T:
+    """Run ``body`` with an async engine of ``driver`` on the module's schema, in a fresh
+    event loop."""
+    search_path = f"{schema},public"
+    connect_args: dict[str, Any] = (
+        {"server_settings": {"search_path": search_path}}
+        if driver == "asyncpg"
+        else {"options": f"-c search_path={search_path}"}
+    )
+    url = make_url(database_url).set(drivername=f"postgresql+{driver}")
 
     async def main() -> T:
-        engine = create_async_engine(
-            database_url, connect_args={"options": f"-c search_path={schema},public"}
-        )
+        engine = create_async_engine(url, connect_args=connect_args)
         try:
             return await body(engine)
         finally:
@@ -88,7 +104,7 @@ async def settings_now(session: AsyncSession) -> tuple[Any, Any]:
     )
 
 
-def test_recall_and_exact_distances(database_url: str, schema: str) -> None:
+def test_recall_and_exact_distances(database_url: str, schema: str, driver: str) -> None:
     async def body(engine: AsyncEngine) -> list[list[int]]:
         found = []
         async with AsyncSession(engine) as session:
@@ -103,11 +119,11 @@ def test_recall_and_exact_distances(database_url: str, schema: str) -> None:
                 found.append(ids)
         return found
 
-    found = run(database_url, schema, body)
+    found = run(database_url, schema, driver, body)
     assert recall(found, exact_neighbors(VECTORS, QUERY_VECTORS, 10)) >= 0.95
 
 
-def test_filtered_search(database_url: str, schema: str) -> None:
+def test_filtered_search(database_url: str, schema: str, driver: str) -> None:
     tenant = 3
     keep = np.flatnonzero(np.arange(ROWS) % TENANTS == tenant)
     truth = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS, 10)]
@@ -123,10 +139,10 @@ def test_filtered_search(database_url: str, schema: str) -> None:
                 found.append([item.id for item, _ in rows])
             return found
 
-    assert recall(run(database_url, schema, body), truth) >= 0.90
+    assert recall(run(database_url, schema, driver, body), truth) >= 0.90
 
 
-def test_settings_are_applied_and_do_not_leak(database_url: str, schema: str) -> None:
+def test_settings_are_applied_and_do_not_leak(database_url: str, schema: str, driver: str) -> None:
     async def body(engine: AsyncEngine) -> None:
         async with AsyncSession(engine) as session:
             before = await settings_now(session)
@@ -140,10 +156,10 @@ def test_settings_are_applied_and_do_not_leak(database_url: str, schema: str) ->
             await session.commit()
             assert await settings_now(session) == before  # next transaction
 
-    run(database_url, schema, body)
+    run(database_url, schema, driver, body)
 
 
-def test_settings_restored_in_autocommit_mode(database_url: str, schema: str) -> None:
+def test_settings_restored_in_autocommit_mode(database_url: str, schema: str, driver: str) -> None:
     async def body(engine: AsyncEngine) -> None:
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         async with autocommit.connect() as conn:
@@ -158,10 +174,10 @@ def test_settings_restored_in_autocommit_mode(database_url: str, schema: str) ->
                 await conn.execute(bad)
             assert await conn.scalar(text("SHOW hnsw.ef_search")) == before
 
-    run(database_url, schema, body)
+    run(database_url, schema, driver, body)
 
 
-def test_concurrent_sessions_keep_their_own_settings(database_url: str, schema: str) -> None:
+def test_concurrent_sessions_keep_their_own_settings(database_url: str, schema: str, driver: str) -> None:
     async def one(engine: AsyncEngine, ef_search: int) -> tuple[int, tuple[Any, Any]]:
         async with AsyncSession(engine) as session:
             stmt = AsyncItem.mrl_search(
@@ -173,20 +189,22 @@ def test_concurrent_sessions_keep_their_own_settings(database_url: str, schema: 
     async def body(engine: AsyncEngine) -> list[tuple[int, tuple[Any, Any]]]:
         return list(await asyncio.gather(*(one(engine, ef) for ef in (40, 100, 300) * 3)))
 
-    results = run(database_url, schema, body)
+    results = run(database_url, schema, driver, body)
     assert [count for count, _ in results] == [40, 100, 300] * 3
     assert {after for _, after in results} == {("40", "off")}
 
 
-def test_sql_function_installs_and_runs(database_url: str, schema: str) -> None:
+def test_sql_function_installs_and_runs(database_url: str, schema: str, driver: str) -> None:
     async def body(engine: AsyncEngine) -> list[int]:
         async with engine.begin() as conn:
             await conn.run_sync(install)
             rows = await conn.execute(
-                text("SELECT pk FROM mrl_search('async_items', CAST(:q AS vector), 5)"),
+                text("SELECT pk FROM mrl_search('async_items', CAST(:q AS vector), 5)").columns(
+                    pk=JSONB
+                ),
                 {"q": str(QUERY_VECTORS[3].tolist())},
             )
             return [pk["id"] for pk in rows.scalars()]
 
     expected = exact_neighbors(VECTORS, QUERY_VECTORS[3:4], 5)[0].tolist()
-    assert run(database_url, schema, body) == expected
+    assert run(database_url, schema, driver, body) == expected

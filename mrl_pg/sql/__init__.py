@@ -10,6 +10,7 @@ each row's primary key as a jsonb object and its exact full-vector distance, nea
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -26,9 +27,12 @@ def install(connection: Connection) -> None:
     """Create (or replace) the SQL functions in the connection's current schema, the first
     on its ``search_path``, inside the connection's transaction. The ``vector`` extension
     must be installed. With an ``AsyncConnection``: ``await conn.run_sync(install)``."""
-    dbapi_connection = connection.connection.dbapi_connection
+    dbapi_connection: Any = connection.connection.dbapi_connection
     if dbapi_connection is None:
         raise RuntimeError("the connection is closed")
+    if connection.dialect.driver == "asyncpg":  # its cursors prepare: one statement each
+        dbapi_connection.run_async(lambda driver_connection: driver_connection.execute(script()))
+        return
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(script())  # no parameters: the whole script in one simple query
