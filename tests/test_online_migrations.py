@@ -66,6 +66,14 @@ BIT_48 = (
 )
 
 
+def columns_of(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(
+            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped"
+        )).scalar_one())
+
+
 def user_triggers(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text(
@@ -190,15 +198,8 @@ def test_an_interrupted_online_change_can_be_abandoned(
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
     url = config.attributes["url"]
     assert main(["abandon-online", "items", "embedding_mrl", "--schema", schema, "--dsn", url]) == 0
-    with engine.connect() as conn:
-        columns = conn.execute(text(
-            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
-            "WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped"
-        )).scalar_one()
-        triggers = conn.execute(text(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass AND NOT tgisinternal"
-        )).scalar_one()
-    assert columns == ["id", "embedding", "embedding_mrl"] and triggers == 0
+    assert columns_of(engine) == ["id", "embedding", "embedding_mrl"]
+    assert user_triggers(engine) == 0
     assert prefix_state(engine) == before and checksum(engine) == original
     assert_usable(engine, before["embedding_mrl"])
 
@@ -260,3 +261,16 @@ def test_the_index_build_logs_its_progress(
         )
         for report in reports
     ), reports
+
+
+def test_a_staging_index_name_in_use_is_refused_before_any_ddl(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    config, engine, folder = project
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_items_embedding_mrl_hnsw_next ON items (id)"))
+    write_models(folder, PREFIX_16)
+    online_revision(config, folder, "add online")
+    with pytest.raises(MigrationCheckError, match="'ix_items_embedding_mrl_hnsw_next' already exists"):
+        command.upgrade(config, "head")
+    assert columns_of(engine) == ["id", "embedding"] and user_triggers(engine) == 0

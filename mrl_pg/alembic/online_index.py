@@ -104,6 +104,21 @@ def partition_indexes(connection: Connection, change: OnlineChange) -> list[Part
     return found
 
 
+def check_index_names(
+    connection: Connection, change: OnlineChange, partitions: Sequence[PartitionIndex] | None
+) -> None:
+    """Before any DDL: the staging index names are free, or taken by an earlier run's."""
+    names = [(change.table, change.staging_index)] + [
+        (partition.partition, partition.staging) for partition in partitions or ()
+    ]
+    for table, name in names:
+        row = connection.execute(_INDEX_SQL, _index_params(change, table, name)).first()
+        if row is not None and not row.ours:
+            raise MigrationCheckError(
+                f"an index or table named {name!r} already exists in the schema of {table.sql}"
+            )
+
+
 def build_index(
     operations: Operations,
     change: OnlineChange,
@@ -156,22 +171,13 @@ def _state(
 ) -> str:
     """How far staging index ``name`` of ``table`` got: ``"attached"`` to its parent's,
     ``"built"``, or ``"missing"``. A leftover that does not fit ``change``, or the invalid
-    remains of an interrupted concurrent build, is dropped and reported missing."""
+    remains of an interrupted concurrent build, is dropped and reported missing. The name is
+    known not to belong to anything else (:func:`check_index_names`)."""
     row = operations.get_bind().execute(
-        _INDEX_SQL,
-        {
-            "table": table.sql,
-            "column": change.staging_column,
-            "index": table.qualify(name),
-            "parent_index": parent_index,
-        },
+        _INDEX_SQL, _index_params(change, table, name, parent_index)
     ).first()
     if row is None:
         return "missing"
-    if not row.ours:
-        raise MigrationCheckError(
-            f"an index or table named {name!r} already exists in the schema of {table.sql}"
-        )
     spec = change.new.spec()
     wanted = {f"m={spec.m}", f"ef_construction={spec.ef_construction}"}
     fits = row.opclass == spec.opclass and set(row.options or ()) == wanted
@@ -183,6 +189,17 @@ def _state(
     else:
         operations.execute(locked_ddl(change.table, "index", [drop]))
     return "missing"
+
+
+def _index_params(
+    change: OnlineChange, table: TableRef, name: str, parent_index: str | None = None
+) -> dict[str, str | None]:
+    return {
+        "table": table.sql,
+        "column": change.staging_column,
+        "index": table.qualify(name),
+        "parent_index": parent_index,
+    }
 
 
 def _on_only_sql(change: OnlineChange, table: TableRef, name: str) -> str:

@@ -21,7 +21,7 @@ from mrl_pg.alembic.checks import check
 from mrl_pg.alembic.index_progress import PROGRESS_INTERVAL
 from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.alembic.online import OnlineChange, abandon_sql
-from mrl_pg.alembic.online_index import build_index, partition_indexes
+from mrl_pg.alembic.online_index import build_index, check_index_names, partition_indexes
 from mrl_pg.alembic.reflect import reflect_prefixes
 
 logger = logging.getLogger("alembic.mrl_pg")
@@ -35,6 +35,8 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         return
     check(operations, change.table, adding=change.new, dropping=change.old)
     partitions = partition_indexes(operations.get_bind(), change) if live else None
+    if live:
+        check_index_names(operations.get_bind(), change, partitions)
     with context.autocommit_block():
         operations.execute("SET statement_timeout = 0")
         with _progress(operations.get_bind() if live else None):
