@@ -7,8 +7,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, insert, text, update
 
+from mrl_pg.background import in_background
 from mrl_pg.synthetic import mrl_like_vectors
 from tests.alembic_project import (
     DIMS,
@@ -97,13 +97,11 @@ class Writer(threading.Thread):
         self.engine.dispose()
 
 
-@contextmanager
-def cancelling(engine: Engine, query_start: str, delay: float) -> Iterator[None]:
+def cancelling(engine: Engine, query_start: str, delay: float) -> AbstractContextManager[None]:
     """Once a statement starting with ``query_start`` has run for ``delay`` seconds, cancel
     whatever its backend runs until the block ends, as a Ctrl-C or a lost connection would."""
-    stop = threading.Event()
 
-    def watch() -> None:
+    def watch(stop: threading.Event) -> None:
         pid, seen = None, 0.0
         with engine.connect() as conn:
             while not stop.is_set():
@@ -119,10 +117,4 @@ def cancelling(engine: Engine, query_start: str, delay: float) -> Iterator[None]
                 conn.commit()
                 time.sleep(0.005)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join()
+    return in_background(watch, "cancelling")

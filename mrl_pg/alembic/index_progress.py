@@ -18,6 +18,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import AssertionPool, StaticPool
 
+from mrl_pg.background import in_background
+
 logger = logging.getLogger("alembic.mrl_pg")
 
 #: Seconds between two logged progress reports.
@@ -41,9 +43,8 @@ def index_build_progress(connection: Connection, index: str) -> Iterator[None]:
         return
     pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
     interval = PROGRESS_INTERVAL
-    stop = threading.Event()
 
-    def watch() -> None:
+    def watch(stop: threading.Event) -> None:
         last = ""
         try:
             with connection.engine.connect() as watcher:
@@ -56,13 +57,8 @@ def index_build_progress(connection: Connection, index: str) -> Iterator[None]:
         except SQLAlchemyError as error:
             logger.debug("no progress for %s: %s", index, error)
 
-    watcher = threading.Thread(target=watch, name=f"progress of {index}", daemon=True)
-    watcher.start()
-    try:
+    with in_background(watch, f"progress of {index}"):
         yield
-    finally:
-        stop.set()
-        watcher.join()
 
 
 def describe(row: Any) -> str:

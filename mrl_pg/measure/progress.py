@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, text
 
+from mrl_pg.background import in_background
+
 _T = TypeVar("_T")
 
 #: Seconds between two looks at ``pg_stat_progress_create_index``.
@@ -53,16 +55,12 @@ def index_build_bar(engine: Engine, builder_pid: int, description: str) -> Itera
     if not enabled():
         yield
         return
-    stop = threading.Event()
-    watcher = threading.Thread(
-        target=_watch, args=(engine, builder_pid, description, stop), daemon=True
-    )
-    watcher.start()
-    try:
+
+    def watch(stop: threading.Event) -> None:
+        _watch(engine, builder_pid, description, stop)
+
+    with in_background(watch, f"progress of {description}"):
         yield
-    finally:
-        stop.set()
-        watcher.join()
 
 
 def _watch(engine: Engine, pid: int, description: str, stop: threading.Event) -> None:
