@@ -4,6 +4,8 @@ upgrade, downgrade, on a populated table."""
 from __future__ import annotations
 
 import io
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,27 @@ def test_operations_on_a_partitioned_table(database_url: str, server_engine: Eng
         with engine.begin() as conn:
             Operations(MigrationContext.configure(conn)).drop_mrl_prefix("docs", large)  # type: ignore[attr-defined]
         assert partition_indexes() == []
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_plain_change_announces_its_table_rewrite(
+    project: tuple[Config, Engine, Path], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, large: bool,
+) -> None:
+    config, engine, folder = project
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE items"))
+    if large:
+        monkeypatch.setattr("mrl_pg.alembic.progress.LARGE_TABLE_ROWS", 10_000)
+    caplog.set_level(logging.INFO, logger="alembic.mrl_pg")
+    write_models(folder, STEPS[0][1])
+    revision(config, folder, "add")
+    command.upgrade(config, "head")
+    [record] = [r for r in caplog.records if "rewrites" in r.getMessage()]
+    assert re.fullmatch(
+        r'mrl_pg: adding embedding_mrl rewrites "items" \(about 50,000 rows, [\d,]+ MB\) '
+        r"under an ACCESS EXCLUSIVE lock(; online=True would keep the table available)?",
+        record.getMessage(),
+    )
+    assert record.levelno == (logging.WARNING if large else logging.INFO)
+    assert record.getMessage().endswith("available") == large

@@ -248,7 +248,7 @@ def test_the_index_build_logs_its_progress(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config, _, folder = project
-    monkeypatch.setattr("mrl_pg.alembic.index_progress.PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr("mrl_pg.alembic.progress.PROGRESS_INTERVAL", 0.05)
     caplog.set_level(logging.INFO, logger="alembic.mrl_pg")
     write_models(folder, PREFIX_16)
     online_revision(config, folder, "add online")

@@ -18,11 +18,11 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
-from mrl_pg.alembic.index_progress import index_build_progress
 from mrl_pg.alembic.maintained import TableRef, drop_trigger_sql, ident
 from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
 from mrl_pg.alembic.online_run import run_online
 from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.alembic.progress import announce_rewrite, index_build_progress
 
 
 class _PrefixOp(MigrateOperation):
@@ -170,11 +170,13 @@ def resize_mrl_prefix(operations: Operations, operation: ResizeMRLPrefixOp) -> N
 def _add(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     spec = prefix.spec()
     generated = Computed(spec.expression(column(prefix.full_column)), persisted=True)
+    live = not operations.get_context().as_sql
+    if live:
+        announce_rewrite(operations.get_bind(), table, prefix.column)
     operations.add_column(
         table.name, Column(prefix.column, spec.sql_type(), generated), schema=table.schema
     )
     index = prefix.index(table.name)
-    live = not operations.get_context().as_sql
     with index_build_progress(operations.get_bind(), index) if live else nullcontext():
         operations.create_index(
             index,

@@ -6,7 +6,7 @@ import re
 
 from sqlalchemy import Connection, text
 
-from mrl_pg.alembic.maintained import TRIGGER_PREFIX
+from mrl_pg.alembic.maintained import TRIGGER_PREFIX, TableRef
 from mrl_pg.alembic.online import STAGING_SUFFIX
 from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.declare import fit_identifier
@@ -49,7 +49,7 @@ _DISTANCE_BY_OPCLASS = {"cosine_ops": "cosine", "ip_ops": "inner_product", "l2_o
 
 def table_exists(connection: Connection, table: str, schema: str | None) -> bool:
     found = connection.execute(
-        text("SELECT to_regclass(:t) IS NOT NULL"), {"t": _qualified(table, schema)}
+        text("SELECT to_regclass(:t) IS NOT NULL"), {"t": TableRef(table, schema).sql}
     ).scalar_one()
     return bool(found)
 
@@ -61,7 +61,7 @@ def reflect_prefixes(
     generated columns, or columns an online change keeps current by trigger, computed with
     ``subvector`` from one vector/halfvec column. Staging columns of an unfinished online
     change are left out."""
-    params = {"table": _qualified(table, schema)}
+    params = {"table": TableRef(table, schema).sql}
     columns = connection.execute(_COLUMNS_SQL, params).all()
     types = {row.name: row.type for row in columns}
     by_trigger = _trigger_expressions(connection, params["table"])
@@ -111,11 +111,6 @@ def _trigger_expressions(connection: Connection, qualified: str) -> dict[str, st
         if row.name == fit_identifier(TRIGGER_PREFIX + column):
             found[column] = _NEW_ROW.sub("", match.group(2))
     return found
-
-
-def _qualified(table: str, schema: str | None) -> str:
-    name = '"' + table.replace('"', '""') + '"'
-    return f'"{schema}".{name}' if schema else name
 
 
 def _unquote(identifier: str) -> str:

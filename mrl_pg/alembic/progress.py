@@ -1,4 +1,5 @@
-"""Progress of a long index build, logged while it runs.
+"""What a long step of a migration is doing: a table rewrite, announced with its size, and
+an index build, whose progress is logged while it runs.
 
 A ``CREATE INDEX`` holds its connection until it is done, so the progress is read on a second
 connection from PostgreSQL's ``pg_stat_progress_create_index`` view, every
@@ -18,12 +19,26 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import AssertionPool, StaticPool
 
+from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.background import in_background
 
 logger = logging.getLogger("alembic.mrl_pg")
 
 #: Seconds between two logged progress reports.
 PROGRESS_INTERVAL = 5.0
+#: From this many rows, or bytes, a plain change's table rewrite is logged as a warning.
+LARGE_TABLE_ROWS = 1_000_000
+LARGE_TABLE_BYTES = 1 << 30
+
+_SIZE_SQL = text(
+    """
+    SELECT sum(c.reltuples) FILTER (WHERE c.reltuples >= 0)::bigint AS rows,
+           coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes
+    FROM pg_class c
+    WHERE c.relkind = 'r' AND (c.oid = to_regclass(:table) OR c.oid IN (
+        SELECT relid FROM pg_partition_tree(to_regclass(:table)) WHERE isleaf))
+    """
+)
 
 _PROGRESS_SQL = text(
     """
@@ -31,6 +46,23 @@ _PROGRESS_SQL = text(
     FROM pg_stat_progress_create_index WHERE pid = :pid
     """
 )
+
+
+def announce_rewrite(connection: Connection, table: TableRef, column: str) -> None:
+    """Log, before it starts, that adding generated ``column`` rewrites ``table``, and how
+    big the table is: a warning that suggests online mode when the table is large."""
+    size = connection.execute(_SIZE_SQL, {"table": table.sql}).one()
+    large = (size.rows or 0) >= LARGE_TABLE_ROWS or size.bytes >= LARGE_TABLE_BYTES
+    rows = f"about {size.rows:,} rows, " if size.rows is not None else ""
+    logger.log(
+        logging.WARNING if large else logging.INFO,
+        "mrl_pg: adding %s rewrites %s (%s%s MB) under an ACCESS EXCLUSIVE lock%s",
+        column,
+        table.sql,
+        rows,
+        f"{size.bytes / 1e6:,.0f}",
+        "; online=True would keep the table available" if large else "",
+    )
 
 
 @contextmanager
