@@ -3,6 +3,7 @@
 from alembic import context
 from demo_app import metadata
 from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 import mrl_pg.alembic  # noqa: F401  (op.add_mrl_prefix & co., autogenerate support)
 from mrl_pg.server import database_url
@@ -14,9 +15,8 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    engine = create_engine(url)
+    engine = create_engine(url, poolclass=NullPool)  # each connection closes when released
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()

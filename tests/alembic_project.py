@@ -24,6 +24,11 @@ DIMS = 64
 VECTORS = mrl_like_vectors(ROWS, DIMS, seed=3)
 #: Rows whose search must find themselves: concurrent writers leave them (and row 0) alone.
 SEARCHED_IDS = (5, 777, 31_000)
+#: The prefix of PREFIX_16 with only its index changed: distance, HNSW parameters.
+L2_16 = (
+    'add_prefix_column(items, "embedding", 16, name="embedding_mrl", distance="l2", m=8, '
+    "ef_construction=32)"
+)
 
 ENV_PY = """
 import importlib
@@ -31,6 +36,7 @@ import sys
 
 from alembic import context
 from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 import mrl_pg.alembic
 
@@ -51,7 +57,7 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    engine = create_engine(config.attributes["url"],
+    engine = create_engine(config.attributes["url"], poolclass=NullPool,
                            connect_args={"options": config.attributes["options"]})
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=models.metadata,
@@ -130,6 +136,17 @@ def checksum(engine: Engine) -> tuple[int, str]:
         row = conn.execute(
             text("SELECT count(*), md5(string_agg(embedding::text, ',' ORDER BY id)) FROM items")
         ).one()
+    return int(row[0]), str(row[1])
+
+
+def row_versions(engine: Engine) -> tuple[int, str]:
+    """The table's file and every row version's place and creating transaction: unchanged
+    unless the table was rewritten or its rows updated."""
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT pg_relation_filenode('items'),"
+            " md5(string_agg(ctid::text || xmin::text, ',' ORDER BY id)) FROM items"
+        )).one()
     return int(row[0]), str(row[1])
 
 

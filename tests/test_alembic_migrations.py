@@ -21,6 +21,7 @@ from mrl_pg.alembic import MigrationCheckError, MRLPrefix
 from tests.alembic_project import (
     DIMS,
     ENV_PY,
+    L2_16,
     ROWS,
     VECTORS,
     assert_prefix_values,
@@ -28,6 +29,7 @@ from tests.alembic_project import (
     checksum,
     prefix_state,
     revision,
+    row_versions,
     write_models,
 )
 from tests.conftest import schema_engine
@@ -252,3 +254,23 @@ def test_a_plain_change_announces_its_table_rewrite(
     )
     assert record.levelno == (logging.WARNING if large else logging.INFO)
     assert record.getMessage().endswith("available") == large
+
+
+def test_an_index_only_change_keeps_the_column_and_its_rows(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    config, engine, folder = project
+    write_models(folder, STEPS[0][1])
+    revision(config, folder, "add")
+    command.upgrade(config, "head")
+    before, versions = prefix_state(engine), row_versions(engine)
+    write_models(folder, L2_16)
+    assert "op.resize_mrl_prefix(" in revision(config, folder, "to l2, other parameters")
+    command.upgrade(config, "head")
+    after = prefix_state(engine)["embedding_mrl"]
+    assert (after.distance, after.m, after.ef_construction) == ("l2", 8, 32)
+    assert row_versions(engine) == versions
+    assert_prefix_values(engine, after)
+    assert_search_finds_itself(engine, "embedding_mrl")
+    command.downgrade(config, "-1")
+    assert prefix_state(engine) == before and row_versions(engine) == versions

@@ -18,10 +18,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 
-from mrl_pg.alembic import AddMRLPrefixOp, MigrationCheckError, MRLPrefix
+from mrl_pg.alembic import AddMRLPrefixOp, MigrationCheckError, MRLPrefix, abandon_online_change
 from mrl_pg.cli import main
 from tests.alembic_project import (
     DIMS,
+    L2_16,
     ROWS,
     VECTORS,
     assert_prefix_values,
@@ -30,6 +31,7 @@ from tests.alembic_project import (
     items_table,
     prefix_state,
     revision,
+    row_versions,
     write_models,
 )
 from tests.online_project import (
@@ -274,3 +276,37 @@ def test_a_staging_index_name_in_use_is_refused_before_any_ddl(
     with pytest.raises(MigrationCheckError, match="'ix_items_embedding_mrl_hnsw_next' already exists"):
         command.upgrade(config, "head")
     assert columns_of(engine) == ["id", "embedding"] and user_triggers(engine) == 0
+
+
+def test_an_online_index_only_change_builds_no_column(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    """Distance and HNSW parameters change, the column does not: no staging column, no
+    backfill, one concurrent index build; interrupted, abandoned, run again."""
+    config, engine, folder = project
+    upgrade_to_plain_16(config, folder)
+    before, versions = prefix_state(engine), row_versions(engine)
+    write_models(folder, L2_16)
+    online_revision(config, folder, "online, index only")
+    with (
+        cancelling(engine, "CREATE INDEX CONCURRENTLY", 0.05),
+        pytest.raises(Exception, match="canceling statement"),
+    ):
+        command.upgrade(config, "head")
+    assert prefix_state(engine) == before
+    with engine.begin() as conn:
+        abandon_online_change(conn, "items", "embedding_mrl")
+        indexes = conn.execute(text(
+            "SELECT array_agg(indexrelid::regclass::text ORDER BY 1) FROM pg_index"
+            " WHERE indrelid = 'items'::regclass"
+        )).scalar_one()
+    assert sorted(indexes) == ["items_pkey", "ix_items_embedding_mrl_hnsw"]
+    command.upgrade(config, "head")
+    after = prefix_state(engine)["embedding_mrl"]
+    assert (after.distance, after.m, after.ef_construction) == ("l2", 8, 32)
+    assert row_versions(engine) == versions and columns_of(engine) == ["id", "embedding", "embedding_mrl"]
+    assert_prefix_values(engine, after)
+    assert_search_finds_itself(engine, "embedding_mrl")
+    check_quietly(config)
+    command.downgrade(config, "-1")
+    assert prefix_state(engine) == before and row_versions(engine) == versions

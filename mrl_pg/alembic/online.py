@@ -76,8 +76,19 @@ class OnlineChange:
     batch_size: int = DEFAULT_BATCH_SIZE
 
     @property
+    def index_only(self) -> bool:
+        """Whether only the index changes (HNSW parameters, or a distance of the same
+        expression): then the new index is built on the current column, which stays."""
+        return self.old is not None and self.old.column_signature() == self.new.column_signature()
+
+    @property
     def staging_column(self) -> str:
         return staging_column(self.new.column)
+
+    @property
+    def indexed_column(self) -> str:
+        """The column the staging index is built on."""
+        return self.new.column if self.index_only else self.staging_column
 
     @property
     def staging_index(self) -> str:
@@ -186,7 +197,7 @@ $mrl$"""
         """The staging index's method, column and parameters: ``USING hnsw (...) WITH (...)``."""
         spec = self.new.spec()
         return (
-            f"USING hnsw ({ident(self.staging_column)} {spec.opclass}) "
+            f"USING hnsw ({ident(self.indexed_column)} {spec.opclass}) "
             f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
         )
 
@@ -194,33 +205,34 @@ $mrl$"""
         """Retire the old prefix and give the staging column and index their final names;
         ``renames`` name the indexes of a partitioned table's partitions."""
         table, new = self.table, self.new
-        retire: list[str] = []
-        if self.old is not None:
-            retire = [
-                f"DROP INDEX IF EXISTS {table.qualify(self.old.index(table.name))}",
-                *drop_trigger_sql(table, self.old.column),
-                f"ALTER TABLE {table.sql} DROP COLUMN {ident(self.old.column)}",
-            ]
         staging_index = literal(table.qualify(self.staging_index))
-        return locked_ddl(
-            table,
-            "swap",
-            [
-                f"IF NOT coalesce((SELECT indisvalid FROM pg_index "
-                f"WHERE indexrelid = to_regclass({staging_index})), false) THEN "
-                f"RAISE EXCEPTION 'mrl_pg: swap: index % is incomplete; run the migration "
-                f"again', {staging_index} USING ERRCODE = 'object_not_in_prerequisite_state'; "
-                "END IF",
-                *retire,
+        statements = [
+            f"IF NOT coalesce((SELECT indisvalid FROM pg_index "
+            f"WHERE indexrelid = to_regclass({staging_index})), false) THEN "
+            f"RAISE EXCEPTION 'mrl_pg: swap: index % is incomplete; run the migration "
+            f"again', {staging_index} USING ERRCODE = 'object_not_in_prerequisite_state'; "
+            "END IF",
+        ]
+        if self.old is not None:
+            statements.append(f"DROP INDEX IF EXISTS {table.qualify(self.old.index(table.name))}")
+        if not self.index_only:
+            if self.old is not None:
+                statements += [
+                    *drop_trigger_sql(table, self.old.column),
+                    f"ALTER TABLE {table.sql} DROP COLUMN {ident(self.old.column)}",
+                ]
+            statements += [
                 *drop_trigger_sql(table, self.staging_column),
                 f"ALTER TABLE {table.sql} RENAME COLUMN {ident(self.staging_column)} "
                 f"TO {ident(new.column)}",
-                f"ALTER INDEX {table.qualify(self.staging_index)} "
-                f"RENAME TO {ident(new.index(table.name))}",
-                *renames,
                 *create_trigger_sql(table, new, new.column),
-            ],
-        )
+            ]
+        statements += [
+            f"ALTER INDEX {table.qualify(self.staging_index)} "
+            f"RENAME TO {ident(new.index(table.name))}",
+            *renames,
+        ]
+        return locked_ddl(table, "swap", statements)
 
 
 def abandon_statements(table: TableRef, staging: str) -> list[str]:
@@ -232,9 +244,27 @@ def abandon_statements(table: TableRef, staging: str) -> list[str]:
 
 
 def abandon_sql(table: TableRef, column: str) -> str:
-    """Remove what an unfinished online change of prefix ``column`` left on ``table``; the
-    table's current prefix stays as it is."""
-    return locked_ddl(table, "abandon", abandon_statements(table, staging_column(column)))
+    """Remove what an unfinished online change of prefix ``column`` left on ``table``: a
+    staging column with its index and trigger, or staging indexes (``..._next``) on the
+    column itself. The table's current prefix stays as it is."""
+    staging_indexes = (
+        "SELECT x.indexrelid::regclass FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] "
+        f"WHERE (x.indrelid = {table.regclass} OR x.indrelid IN "
+        f"(SELECT relid FROM pg_partition_tree({table.regclass}))) "
+        f"AND a.attname = {literal(column)} AND i.relname LIKE '%\\_next' "
+        "AND NOT EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)"
+    )
+    drop_staging_indexes = (
+        f"DECLARE leftover regclass; BEGIN FOR leftover IN {staging_indexes} LOOP "
+        "EXECUTE format('DROP INDEX %s', leftover); END LOOP; END"
+    )
+    return locked_ddl(
+        table,
+        "abandon",
+        [*abandon_statements(table, staging_column(column)), drop_staging_indexes],
+    )
 
 
 def locked_ddl(table: TableRef, step: str, statements: list[str]) -> str:

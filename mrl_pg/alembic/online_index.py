@@ -196,7 +196,7 @@ def _index_params(
 ) -> dict[str, str | None]:
     return {
         "table": table.sql,
-        "column": change.staging_column,
+        "column": change.indexed_column,
         "index": table.qualify(name),
         "parent_index": parent_index,
     }

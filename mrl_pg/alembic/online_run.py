@@ -27,7 +27,8 @@ from mrl_pg.alembic.reflect import reflect_prefixes
 logger = logging.getLogger("alembic.mrl_pg")
 
 def run_online(operations: Operations, change: OnlineChange) -> None:
-    """Check, then prepare, backfill, index and swap; in ``--sql`` mode, write the script."""
+    """Check, then prepare, backfill, index and swap (only index and swap when the column
+    stays as it is); in ``--sql`` mode, write the script."""
     context = operations.get_context()
     live = not context.as_sql
     if live and _already_applied(operations.get_bind(), change):
@@ -39,9 +40,10 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         check_index_names(operations.get_bind(), change, partitions)
     with context.autocommit_block():
         operations.execute("SET statement_timeout = 0")
-        with _progress(operations.get_bind() if live else None):
-            operations.execute(change.prepare_sql())
-            operations.execute(change.backfill_sql())
+        if not change.index_only:
+            with _progress(operations.get_bind() if live else None):
+                operations.execute(change.prepare_sql())
+                operations.execute(change.backfill_sql())
         if live:
             build_index(operations, change, partitions)
         else:

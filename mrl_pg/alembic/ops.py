@@ -162,6 +162,10 @@ def resize_mrl_prefix(operations: Operations, operation: ResizeMRLPrefixOp) -> N
         run_online(operations, change)
         return
     check(operations, table, adding=operation.new, dropping=operation.old)
+    if operation.old.column_signature() == operation.new.column_signature():
+        operations.execute(f"DROP INDEX {table.qualify(operation.old.index(table.name))}")
+        _create_index(operations, table, operation.new)
+        return
     for statement in _drop_statements(table, operation.old):
         operations.execute(statement)
     _add(operations, table, operation.new)
@@ -176,7 +180,13 @@ def _add(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     operations.add_column(
         table.name, Column(prefix.column, spec.sql_type(), generated), schema=table.schema
     )
+    _create_index(operations, table, prefix)
+
+
+def _create_index(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
+    spec = prefix.spec()
     index = prefix.index(table.name)
+    live = not operations.get_context().as_sql
     with index_build_progress(operations.get_bind(), index) if live else nullcontext():
         operations.create_index(
             index,

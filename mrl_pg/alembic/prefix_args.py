@@ -51,15 +51,23 @@ class MRLPrefix:
         prefix's distance only matters at query time, so it is left out for bit storage."""
         spec = self.spec()
         return (
+            *self.column_signature(),
+            spec.opclass,
+            self.m,
+            self.ef_construction,
+            self.index(table_name),
+        )
+
+    def column_signature(self) -> tuple[object, ...]:
+        """What the prefix column holds: two prefixes with equal signatures differ at most in
+        their index, which can be rebuilt without touching the column."""
+        spec = self.spec()
+        return (
             self.column,
             self.full_column,
             self.dims,
             spec.storage,
-            spec.opclass,
             str(spec.expression(column(self.full_column))),
-            self.m,
-            self.ef_construction,
-            self.index(table_name),
         )
 
     @classmethod
