@@ -3,8 +3,9 @@
     mrl-pg abandon-online TABLE COLUMN [--schema SCHEMA] [--dsn URL]
 
 An online ``op.add_mrl_prefix`` / ``op.resize_mrl_prefix`` that was interrupted leaves a
-staging column (``<column>_mrl_next``), maybe its index, and the trigger that fills it; the
-table's current prefix keeps working. Rerunning the migration carries on from there; this
+staging column (``<column>_mrl_next``), maybe its index, and the trigger that fills it, or,
+when only the index was changing, a staging index (``..._next``) on the column; the table's
+current prefix keeps working. Rerunning the migration carries on from there; this
 command drops the leftovers instead. The database is ``--dsn``, else ``MRL_PG_DSN``.
 """
 
@@ -38,5 +39,8 @@ def run(args: argparse.Namespace) -> int:
             abandon_online_change(conn, args.table, args.column, schema=args.schema)
     finally:
         engine.dispose()
-    print(f"dropped {staging_column(args.column)} and its index and trigger, if they existed")
+    print(
+        f"dropped {staging_column(args.column)} with its index and trigger, and staging indexes"
+        f" on {args.column}, if there were any"
+    )
     return 0

@@ -61,8 +61,8 @@ def abandon_online_change(
     connection: Connection, table_name: str, column: str, *, schema: str | None = None
 ) -> None:
     """Remove what an unfinished online change of prefix ``column`` left on the table: its
-    staging column, index and trigger. The table's current prefix stays as it is. Runs in the
-    connection's transaction; commit it."""
+    staging column, index and trigger, or the staging indexes of an index-only change. The
+    table's current prefix stays as it is. Runs in the connection's transaction; commit it."""
     connection.execute(text(abandon_sql(TableRef(table_name, schema), column)))
 
 
