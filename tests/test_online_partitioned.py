@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select, text
 from mrl_pg.alembic import abandon_online_change
 from mrl_pg.sql import install
 from tests.alembic_project import (
+    L2_16,
     ROWS,
     SEARCHED_IDS,
     VECTORS,
@@ -151,3 +152,34 @@ def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Pat
     command.downgrade(config, "-1")
     assert prefix_state(engine) == before and prefix_indexes(engine) == indexes_before
     assert_prefix_values(engine, before["embedding_mrl"])
+
+
+def test_online_index_only_change_of_a_partitioned_table(
+    project: tuple[Config, Engine, Path],
+) -> None:
+    config, engine, folder = project
+    partition_items(engine)
+    write_models(folder, PREFIX_16)
+    revision(config, folder, "add")
+    command.upgrade(config, "head")
+    indexes_before = prefix_indexes(engine)
+    fingerprint = text(
+        "SELECT md5(string_agg(tableoid::text || ctid::text || xmin::text, ',' ORDER BY id))"
+        " FROM items"
+    )
+    with engine.connect() as conn:
+        versions = conn.execute(fingerprint).scalar_one()
+    write_models(folder, L2_16)
+    online_revision(config, folder, "online, index only")
+    command.upgrade(config, "head")
+    after = prefix_state(engine)["embedding_mrl"]
+    assert (after.distance, after.m) == ("l2", 8)
+    assert prefix_indexes(engine) == indexes_before  # same names, new definitions, all valid
+    with engine.connect() as conn:
+        assert conn.execute(fingerprint).scalar_one() == versions
+        definitions = conn.execute(text(
+            "SELECT count(*) FROM pg_indexes WHERE indexdef LIKE '%embedding_mrl halfvec_l2_ops%'"
+            " AND indexdef LIKE '%m=''8''%'"
+        )).scalar_one()
+    assert definitions == 5
+    assert_search_finds_itself(engine, "embedding_mrl")
