@@ -274,3 +274,22 @@ def test_an_index_only_change_keeps_the_column_and_its_rows(
     assert_search_finds_itself(engine, "embedding_mrl")
     command.downgrade(config, "-1")
     assert prefix_state(engine) == before and row_versions(engine) == versions
+
+
+def test_an_index_build_short_of_memory_is_reported(
+    project: tuple[Config, Engine, Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    config, _, folder = project
+    caplog.set_level(logging.INFO, logger="alembic.mrl_pg")
+    write_models(folder, STEPS[0][1])
+    migration = revision(config, folder, "add")
+    path = next((folder / "versions").glob("*.py"))
+    path.write_text(migration.replace(
+        "    op.add_mrl_prefix(", "    op.execute(\"SET maintenance_work_mem = '1MB'\")\n    op.add_mrl_prefix(", 1
+    ))
+    command.upgrade(config, "head")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no longer fits into maintenance_work_mem" in w and "SET maintenance_work_mem" in w
+        for w in warnings
+    ), warnings

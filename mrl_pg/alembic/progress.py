@@ -89,8 +89,36 @@ def index_build_progress(connection: Connection, index: str) -> Iterator[None]:
         except SQLAlchemyError as error:
             logger.debug("no progress for %s: %s", index, error)
 
-    with in_background(watch, f"progress of {index}"):
+    with in_background(watch, f"progress of {index}"), _build_notices(connection, index):
         yield
+
+
+@contextmanager
+def _build_notices(connection: Connection, index: str) -> Iterator[None]:
+    """Log what the server says during the build as warnings: pgvector says when the graph
+    outgrows ``maintenance_work_mem``, and the build slows down many times (psycopg only)."""
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if not hasattr(dbapi_connection, "add_notice_handler"):
+        yield
+        return
+
+    def handle(diagnostic: Any) -> None:
+        message = diagnostic.message_primary or ""
+        if message.startswith("mrl_pg:"):
+            return
+        advice = (
+            "; op.execute(\"SET maintenance_work_mem = '2GB'\") before the operation raises it"
+            " for the migration"
+            if "maintenance_work_mem" in message
+            else ""
+        )
+        logger.warning("mrl_pg: building %s: %s%s", index, message, advice)
+
+    dbapi_connection.add_notice_handler(handle)
+    try:
+        yield
+    finally:
+        dbapi_connection.remove_notice_handler(handle)
 
 
 def describe(row: Any) -> str:
