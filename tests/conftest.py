@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from mrl_pg.server import create_vector_extension, embedded_url, scratch_schema,
 pytest.register_assert_rewrite("tests.alembic_project", "tests.online_project")
 
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+COMPOSE_PROJECT = "mrl_pg_tests"
 
 
 def _docker_engine_answers() -> bool:
@@ -39,16 +40,25 @@ def database_url() -> Iterator[str]:
     if dsn:
         yield sqlalchemy_url(dsn)
     elif _docker_engine_answers():
-        from testcontainers.compose import DockerCompose
-
-        # docker/compose.yaml itself, published on a free loopback port (empty MRL_PG_PORT).
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("MRL_PG_PORT", "")
-            with DockerCompose(DOCKER_DIR, compose_file_name="compose.yaml", wait=True) as compose:
-                host, port = compose.get_service_host_and_port("db", 5432)
-                yield f"postgresql+psycopg://mrl_pg:mrl_pg@{host}:{port}/mrl_pg"
+        with compose_database() as url:
+            yield url
     else:
         yield embedded_url()
+
+
+@contextmanager
+def compose_database() -> Iterator[str]:
+    """``docker/compose.yaml`` itself, started through testcontainers and removed with its
+    volume afterwards. It runs as a compose project of its own, so a database you started
+    from the same file is left alone, and is published on a free loopback port."""
+    from testcontainers.compose import DockerCompose
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("COMPOSE_PROJECT_NAME", f"{COMPOSE_PROJECT}_{os.getpid()}")
+        env.setenv("MRL_PG_PORT", "")
+        with DockerCompose(DOCKER_DIR, compose_file_name="compose.yaml", wait=True) as compose:
+            host, port = compose.get_service_host_and_port("db", 5432)
+            yield f"postgresql+psycopg://mrl_pg:mrl_pg@{host}:{port}/mrl_pg"
 
 
 @pytest.fixture(scope="session")
