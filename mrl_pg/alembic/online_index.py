@@ -183,11 +183,11 @@ def _state(
     fits = row.opclass == spec.opclass and set(row.options or ()) == wanted
     if fits and (row.valid or not leaf):
         return "attached" if row.attached else "built"
-    drop = f"DROP INDEX IF EXISTS {table.qualify(name)}"
+    index = table.qualify(name)
     if leaf and not row.attached:
-        operations.execute(drop.replace("DROP INDEX", "DROP INDEX CONCURRENTLY", 1))
+        operations.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
     else:
-        operations.execute(locked_ddl(change.table, "index", [drop]))
+        operations.execute(locked_ddl(change.table, "index", [f"DROP INDEX IF EXISTS {index}"]))
     return "missing"
 
 
