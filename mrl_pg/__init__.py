@@ -3,8 +3,10 @@
 from mrl_pg.declare import Prefix, add_prefix_column, mrl_prefix, prefixes_of
 from mrl_pg.errors import (
     IndexLimitError,
+    MissingExtensionError,
     MRLError,
     NotAVectorColumnError,
+    PgvectorFeatureWarning,
     PrefixConfigError,
     PrefixSelectionError,
     QueryVectorError,
@@ -25,7 +27,9 @@ __all__ = [
     "MRLError",
     "MRLQuery",
     "MRLSearchMixin",
+    "MissingExtensionError",
     "NotAVectorColumnError",
+    "PgvectorFeatureWarning",
     "Prefix",
     "PrefixConfigError",
     "PrefixSelectionError",

@@ -43,3 +43,12 @@ class QueryVectorError(MRLError, ValueError):
 
 class SearchParameterError(MRLError, ValueError):
     """A search knob is out of range (k <= 0, candidates < k, unknown scan mode, ...)."""
+
+
+class MissingExtensionError(MRLError, RuntimeError):
+    """The database has no ``vector`` extension: ``CREATE EXTENSION vector`` installs it."""
+
+
+class PgvectorFeatureWarning(UserWarning):
+    """The database's pgvector lacks a setting a search asked for (``hnsw.iterative_scan``
+    and its limits came with pgvector 0.8); the search ran without it."""

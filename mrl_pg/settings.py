@@ -9,10 +9,16 @@ back after the statement, or after its error.
 
 Streaming results (``stream_results``/``yield_per``) fetch rows after the statement has
 "executed", so their settings are left in place until the end of the transaction instead.
+
+Which ``hnsw.*`` settings the server has is asked once per connection: an older pgvector
+lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names
+under its prefix once the library is loaded, but silently drops them before. Settings the
+server lacks are left out, with a :class:`~mrl_pg.errors.PgvectorFeatureWarning`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +26,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
+from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
+
 #: Execution option holding a tuple of ``(setting, value)`` pairs.
 SETTINGS_OPTION = "mrl_pg_settings"
 _RESTORE_KEY = "mrl_pg_restore"
+_KNOWN_KEY = "mrl_pg_pgvector_settings"
+_PGVECTOR_PREFIX = "hnsw."
 
 Settings = tuple[tuple[str, str], ...]
 
@@ -53,8 +63,59 @@ def _restore_sql(markers: list[str]) -> str:
     return "SELECT " + ", ".join(parts)
 
 
+def _pgvector_settings(conn: Connection) -> frozenset[str]:
+    """The ``hnsw.*`` settings of the server's pgvector, asked once per DBAPI connection. A
+    ``vector`` literal loads the library, which defines them, before ``pg_settings`` is read."""
+    known: frozenset[str] | None = conn.info.get(_KNOWN_KEY)
+    if known is not None:
+        return known
+    helper = _dbapi_connection(conn).cursor()
+    try:
+        helper.execute(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e "
+            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        )
+        row = helper.fetchone()
+        if row is None:
+            raise MissingExtensionError(
+                "the database has no vector extension (pgvector): CREATE EXTENSION vector"
+            )
+        helper.execute(
+            f"SELECT name FROM pg_settings WHERE '[0]'::{row[0]}.vector IS NOT NULL "
+            f"AND name LIKE '{_PGVECTOR_PREFIX}%'"
+        )
+        known = frozenset(name for (name,) in helper.fetchall())
+    finally:
+        helper.close()
+    conn.info[_KNOWN_KEY] = known
+    return known
+
+
+def _supported(conn: Connection, settings: Settings) -> Settings:
+    """``settings`` without the pgvector ones the server lacks, which are warned about."""
+    if not any(name.startswith(_PGVECTOR_PREFIX) for name, _ in settings):
+        return settings
+    known = _pgvector_settings(conn)
+    missing = [
+        name for name, _ in settings if name.startswith(_PGVECTOR_PREFIX) and name not in known
+    ]
+    if not missing:
+        return settings
+    warnings.warn(
+        f"the database's pgvector has no {', '.join(missing)} (pgvector 0.8 added iterative"
+        " index scans): the search runs without, and a filtered one may return fewer than k"
+        " rows; ALTER EXTENSION vector UPDATE after upgrading pgvector",
+        PgvectorFeatureWarning,
+        stacklevel=2,
+    )
+    return tuple((name, value) for name, value in settings if name not in missing)
+
+
 def _apply(conn: Connection, settings: Settings, local: bool) -> list[tuple[str, str | None]]:
     """Make ``settings``; returns the previous value of each one that changed."""
+    settings = _supported(conn, settings)
+    if not settings:
+        return []
     params: list[Any] = []
     for name, value in settings:
         params += [name, name, value, local]

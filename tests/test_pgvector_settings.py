@@ -1,0 +1,55 @@
+"""Search settings on servers whose pgvector lacks some of them, and on a database without
+pgvector. An older pgvector's missing setting behaves as any ``hnsw.*`` name this pgvector
+does not define: PostgreSQL drops it with a server warning while the library is not loaded
+yet, and refuses it afterwards."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import ProgrammingError
+
+from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
+from mrl_pg.settings import SETTINGS_OPTION
+
+SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")
+
+
+def test_a_setting_the_servers_pgvector_lacks_is_left_out_with_a_warning(engine: Engine) -> None:
+    settings = (("hnsw.ef_search", "77"), ("hnsw.not_in_this_pgvector", "on"))
+    searching = SHOW_EF_SEARCH.execution_options(**{SETTINGS_OPTION: settings})
+    with engine.connect() as conn:
+        for _ in range(2):  # the library is loaded after the first time
+            with pytest.warns(PgvectorFeatureWarning, match=r"no hnsw\.not_in_this_pgvector "):
+                assert conn.execute(searching).scalar_one() == "77"
+        assert conn.execute(SHOW_EF_SEARCH).scalar_one() == "40"
+
+
+@pytest.fixture
+def database_without_pgvector(database_url: str, server_engine: Engine) -> Iterator[Engine]:
+    name = f"mrl_pg_no_vector_{os.getpid()}"
+    admin = server_engine.execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        try:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except ProgrammingError as error:
+            pytest.skip(f"cannot create a database here: {error.orig}")
+    engine = create_engine(make_url(database_url).set(database=name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}"'))
+
+
+def test_a_database_without_pgvector_is_named_as_such(database_without_pgvector: Engine) -> None:
+    settings = (("hnsw.ef_search", "77"),)
+    with (
+        database_without_pgvector.connect() as conn,
+        pytest.raises(MissingExtensionError, match="CREATE EXTENSION vector"),
+    ):
+        conn.execute(SHOW_EF_SEARCH.execution_options(**{SETTINGS_OPTION: settings}))
