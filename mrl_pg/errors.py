@@ -46,7 +46,8 @@ class SearchParameterError(MRLError, ValueError):
 
 
 class MissingExtensionError(MRLError, RuntimeError):
-    """The database has no ``vector`` extension: ``CREATE EXTENSION vector`` installs it."""
+    """The database has no ``vector`` extension (``CREATE EXTENSION vector`` installs it), or
+    its pgvector is older than what was asked for needs."""
 
 
 class PgvectorFeatureWarning(UserWarning):

@@ -63,7 +63,7 @@ def _restore_sql(markers: list[str]) -> str:
     return "SELECT " + ", ".join(parts)
 
 
-def _pgvector_settings(conn: Connection) -> frozenset[str]:
+def pgvector_settings(conn: Connection) -> frozenset[str]:
     """The ``hnsw.*`` settings of the server's pgvector, asked once per DBAPI connection. A
     ``vector`` literal loads the library, which defines them, before ``pg_settings`` is read."""
     known: frozenset[str] | None = conn.info.get(_KNOWN_KEY)
@@ -95,7 +95,7 @@ def _supported(conn: Connection, settings: Settings) -> Settings:
     """``settings`` without the pgvector ones the server lacks, which are warned about."""
     if not any(name.startswith(_PGVECTOR_PREFIX) for name, _ in settings):
         return settings
-    known = _pgvector_settings(conn)
+    known = pgvector_settings(conn)
     missing = [
         name for name, _ in settings if name.startswith(_PGVECTOR_PREFIX) and name not in known
     ]

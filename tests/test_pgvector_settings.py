@@ -14,6 +14,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
 from mrl_pg.settings import SETTINGS_OPTION
+from mrl_pg.sql import install
 
 SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")
 
@@ -53,3 +54,13 @@ def test_a_database_without_pgvector_is_named_as_such(database_without_pgvector:
         pytest.raises(MissingExtensionError, match="CREATE EXTENSION vector"),
     ):
         conn.execute(SHOW_EF_SEARCH.execution_options(**{SETTINGS_OPTION: settings}))
+
+
+def test_the_sql_function_is_not_installed_without_pgvector(
+    database_without_pgvector: Engine,
+) -> None:
+    with (
+        database_without_pgvector.begin() as conn,
+        pytest.raises(MissingExtensionError, match="CREATE EXTENSION vector"),
+    ):
+        install(conn)

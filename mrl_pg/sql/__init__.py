@@ -14,8 +14,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from mrl_pg.errors import MissingExtensionError
+from mrl_pg.settings import pgvector_settings
+
 #: Version of the SQL script this package installs.
 SCRIPT_VERSION = "0.1.0"
+#: The setting the script's functions use that pgvector 0.8 added.
+ITERATIVE_SCAN = "hnsw.iterative_scan"
 
 
 def script(version: str = SCRIPT_VERSION) -> str:
@@ -26,10 +31,16 @@ def script(version: str = SCRIPT_VERSION) -> str:
 def install(connection: Connection) -> None:
     """Create (or replace) the SQL functions in the connection's current schema, the first
     on its ``search_path``, inside the connection's transaction. The ``vector`` extension
-    must be installed. With an ``AsyncConnection``: ``await conn.run_sync(install)``."""
+    must be installed, pgvector 0.8 or newer. With an ``AsyncConnection``:
+    ``await conn.run_sync(install)``."""
     dbapi_connection: Any = connection.connection.dbapi_connection
     if dbapi_connection is None:
         raise RuntimeError("the connection is closed")
+    if ITERATIVE_SCAN not in pgvector_settings(connection):
+        raise MissingExtensionError(
+            f"the SQL function needs pgvector 0.8 or newer ({ITERATIVE_SCAN}), which this"
+            " database lacks: ALTER EXTENSION vector UPDATE after upgrading pgvector"
+        )
     if connection.dialect.driver == "asyncpg":  # its cursors prepare: one statement each
         dbapi_connection.run_async(lambda driver_connection: driver_connection.execute(script()))
         return
