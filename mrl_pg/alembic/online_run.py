@@ -21,7 +21,7 @@ from mrl_pg.alembic.checks import check
 from mrl_pg.alembic.maintained import TableRef
 from mrl_pg.alembic.online import OnlineChange, abandon_sql
 from mrl_pg.alembic.online_index import build_index, check_index_names, partition_indexes
-from mrl_pg.alembic.progress import PROGRESS_INTERVAL
+from mrl_pg.alembic.progress import PROGRESS_INTERVAL, server_notices
 from mrl_pg.alembic.reflect import reflect_prefixes
 
 logger = logging.getLogger("alembic.mrl_pg")
@@ -95,27 +95,23 @@ def _column_exists(connection: Connection, change: OnlineChange, name: str) -> b
 
 @contextmanager
 def _progress(connection: Connection | None) -> Iterator[None]:
-    """Log the server's ``mrl_pg:`` notices while the block runs (psycopg connections)."""
-    dbapi_connection: Any = connection.connection.dbapi_connection if connection else None
-    if dbapi_connection is None or not hasattr(dbapi_connection, "add_notice_handler"):
-        yield
-        return
+    """Log the server's ``mrl_pg:`` notices while the block runs, backfill batches at most
+    every ``PROGRESS_INTERVAL`` seconds, and the last one at the end."""
     last: dict[str, Any] = {"logged_at": 0.0, "message": None}
 
-    def handle(diagnostic: Any) -> None:
-        message = diagnostic.message_primary or ""
+    def handle(message: str) -> None:
         if not message.startswith("mrl_pg:"):
             return
         now = time.monotonic()
         if "backfill" not in message or now - last["logged_at"] >= PROGRESS_INTERVAL:
             logger.info("%s", message)
-            last["logged_at"], message = now, None
-        last["message"] = message
+            last["logged_at"], last["message"] = now, None
+        else:
+            last["message"] = message
 
-    dbapi_connection.add_notice_handler(handle)
     try:
-        yield
+        with server_notices(connection, handle):
+            yield
     finally:
-        dbapi_connection.remove_notice_handler(handle)
         if last["message"]:
             logger.info("%s", last["message"])

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -94,16 +94,30 @@ def index_build_progress(connection: Connection, index: str) -> Iterator[None]:
 
 
 @contextmanager
-def _build_notices(connection: Connection, index: str) -> Iterator[None]:
-    """Log what the server says during the build as warnings: pgvector says when the graph
-    outgrows ``maintenance_work_mem``, and the build slows down many times (psycopg only)."""
-    dbapi_connection: Any = connection.connection.dbapi_connection
-    if not hasattr(dbapi_connection, "add_notice_handler"):
+def server_notices(connection: Connection | None, handle: Callable[[str], None]) -> Iterator[None]:
+    """Pass the primary message of each notice the server sends on ``connection`` to
+    ``handle`` while the block runs. Only psycopg connections have a notice hook; with other
+    drivers, or no connection, notices go unread."""
+    dbapi_connection: Any = connection.connection.dbapi_connection if connection else None
+    if dbapi_connection is None or not hasattr(dbapi_connection, "add_notice_handler"):
         yield
         return
 
-    def handle(diagnostic: Any) -> None:
-        message = diagnostic.message_primary or ""
+    def on_notice(diagnostic: Any) -> None:
+        handle(diagnostic.message_primary or "")
+
+    dbapi_connection.add_notice_handler(on_notice)
+    try:
+        yield
+    finally:
+        dbapi_connection.remove_notice_handler(on_notice)
+
+
+def _build_notices(connection: Connection, index: str) -> AbstractContextManager[None]:
+    """Log what the server says during the build as warnings: pgvector says when the graph
+    outgrows ``maintenance_work_mem``, and the build slows down many times."""
+
+    def handle(message: str) -> None:
         if message.startswith("mrl_pg:"):
             return
         advice = (
@@ -114,11 +128,7 @@ def _build_notices(connection: Connection, index: str) -> Iterator[None]:
         )
         logger.warning("mrl_pg: building %s: %s%s", index, message, advice)
 
-    dbapi_connection.add_notice_handler(handle)
-    try:
-        yield
-    finally:
-        dbapi_connection.remove_notice_handler(handle)
+    return server_notices(connection, handle)
 
 
 def describe(row: Any) -> str:
