@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, registry
 
 from mrl_pg import add_prefix_column
 from mrl_pg.load import copy_rows, copy_vectors
-from mrl_pg.server import database_url, scratch_schema
-from mrl_pg.synthetic import mrl_like_vectors
+from mrl_pg.tools.server import database_url, scratch_schema
+from mrl_pg.tools.synthetic import mrl_like_vectors
 
 Vectors = npt.NDArray[np.float32]
 

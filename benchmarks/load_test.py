@@ -32,8 +32,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix
 from mrl_pg.load import copy_vectors
-from mrl_pg.server import database_url, scratch_schema
-from mrl_pg.synthetic import mrl_like_vectors, queries_near
+from mrl_pg.tools.server import database_url, scratch_schema
+from mrl_pg.tools.synthetic import mrl_like_vectors, queries_near
 
 MAX_CLIENTS = 32
 MAX_SECONDS = 300

@@ -40,10 +40,10 @@ from sqlalchemy import (
 
 from mrl_pg import add_prefix_column
 from mrl_pg.alembic import MRLPrefix
-from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE
+from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE
 from mrl_pg.load import copy_vectors
-from mrl_pg.server import database_url, scratch_schema
-from mrl_pg.synthetic import mrl_like_vectors
+from mrl_pg.tools.server import database_url, scratch_schema
+from mrl_pg.tools.synthetic import mrl_like_vectors
 
 
 @dataclass

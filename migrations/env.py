@@ -6,7 +6,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 import mrl_pg.alembic  # noqa: F401  (op.add_mrl_prefix & co., autogenerate support)
-from mrl_pg.server import database_url
+from mrl_pg.tools.server import database_url
 
 url = context.config.attributes.get("url") or database_url()
 

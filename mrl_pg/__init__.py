@@ -1,6 +1,5 @@
 """Matryoshka (MRL) two-stage vector search for PostgreSQL, pgvector and SQLAlchemy."""
 
-from mrl_pg.declare import Prefix, add_prefix_column, mrl_prefix, prefixes_of
 from mrl_pg.errors import (
     IndexLimitError,
     MissingExtensionError,
@@ -14,9 +13,10 @@ from mrl_pg.errors import (
     UnknownDistanceError,
     UnknownStorageError,
 )
-from mrl_pg.orm import MRLQuery, MRLSearchMixin
-from mrl_pg.prefix import Distance, PrefixSpec, Storage
-from mrl_pg.search import IterativeScan, mrl_search
+from mrl_pg.prefix.declare import Prefix, add_prefix_column, mrl_prefix, prefixes_of
+from mrl_pg.prefix.spec import Distance, PrefixSpec, Storage
+from mrl_pg.search.orm import MRLQuery, MRLSearchMixin
+from mrl_pg.search.statement import IterativeScan, mrl_search
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, text
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.reflect import reflect_prefixes
 from mrl_pg.load import copy_vectors
-from mrl_pg.synthetic import mrl_like_vectors
+from mrl_pg.tools.synthetic import mrl_like_vectors
 from tests.conftest import schema_engine
 
 ROWS = 50_000
@@ -178,7 +178,7 @@ def assert_prefix_values(engine: Engine, prefix: MRLPrefix) -> None:
 
 def assert_search_finds_itself(engine: Engine, prefix_name: str) -> None:
     from mrl_pg import mrl_search
-    from mrl_pg.declare import add_prefix_column
+    from mrl_pg.prefix.declare import add_prefix_column
 
     table = items_table()
     current = prefix_state(engine)[prefix_name]

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, make_url
 
-from mrl_pg.server import create_vector_extension, embedded_url, scratch_schema, sqlalchemy_url
+from mrl_pg.tools.server import (
+    create_vector_extension,
+    embedded_url,
+    scratch_schema,
+    sqlalchemy_url,
+)
 
 pytest.register_assert_rewrite("tests.alembic_project", "tests.online_project")
 

@@ -15,8 +15,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, insert, text, update
 
-from mrl_pg.background import in_background
-from mrl_pg.synthetic import mrl_like_vectors
+from mrl_pg.side_thread import in_background
+from mrl_pg.tools.synthetic import mrl_like_vectors
 from tests.alembic_project import (
     DIMS,
     ROWS,

@@ -13,11 +13,11 @@ import pytest
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, text
 
-from mrl_pg import bench
-from mrl_pg.cli import main
 from mrl_pg.errors import NotAVectorColumnError, PrefixConfigError, SearchParameterError
 from mrl_pg.load import copy_vectors
-from mrl_pg.measure.errors import (
+from mrl_pg.tools import bench
+from mrl_pg.tools.cli import main
+from mrl_pg.tools.measure.errors import (
     DimensionMismatchError,
     TooFewRowsError,
     UnknownTableError,

@@ -7,8 +7,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from mrl_pg.cli import main
-from mrl_pg.demo import MIGRATIONS
+from mrl_pg.tools.cli import main
+from mrl_pg.tools.demo import MIGRATIONS
 
 
 def test_demo_runs_through_its_migrations(

@@ -12,11 +12,11 @@ import pytest
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, text
 
-from mrl_pg import evaluate
-from mrl_pg.cli import main
 from mrl_pg.errors import PrefixConfigError
 from mrl_pg.load import copy_vectors
-from mrl_pg.measure.errors import (
+from mrl_pg.tools import evaluate
+from mrl_pg.tools.cli import main
+from mrl_pg.tools.measure.errors import (
     DimensionMismatchError,
     TooFewRowsError,
     UnknownTableError,

@@ -14,7 +14,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
 
 from mrl_pg import add_prefix_column
 from mrl_pg.load import CHUNK_ROWS, copy_rows, copy_vectors
-from mrl_pg.synthetic import mrl_like_vectors
+from mrl_pg.tools.synthetic import mrl_like_vectors
 
 DIMS = 16
 

@@ -19,7 +19,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 
 from mrl_pg.alembic import AddMRLPrefixOp, MigrationCheckError, MRLPrefix, abandon_online_change
-from mrl_pg.cli import main
+from mrl_pg.tools.cli import main
 from tests.alembic_project import (
     DIMS,
     L2_16,
@@ -210,8 +210,8 @@ def test_a_change_the_staging_column_was_built_for_is_started_over(
     project: tuple[Config, Engine, Path],
 ) -> None:
     """A staging column left by an interrupted change to 8 dims is rebuilt for 32."""
-    from mrl_pg.alembic.maintained import TableRef
-    from mrl_pg.alembic.online import OnlineChange
+    from mrl_pg.alembic.online.change import OnlineChange
+    from mrl_pg.sqltext import TableRef
 
     config, engine, folder = project
     upgrade_to_plain_16(config, folder)

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import ProgrammingError
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
-from mrl_pg.settings import SETTINGS_OPTION
+from mrl_pg.search.hnsw_settings import SETTINGS_OPTION
 from mrl_pg.sql import install
 
 SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from mrl_pg import MRLQuery, mrl_search
-from mrl_pg.synthetic import (
+from mrl_pg.tools.synthetic import (
     exact_distances,
     exact_neighbors,
     mrl_like_vectors,

@@ -18,7 +18,7 @@ from mrl_pg import (
     SearchParameterError,
     mrl_search,
 )
-from mrl_pg.settings import SETTINGS_OPTION
+from mrl_pg.search.hnsw_settings import SETTINGS_OPTION
 from tests.models import Doc, Note
 
 QUERY = np.linspace(-1, 1, 768, dtype=np.float32)

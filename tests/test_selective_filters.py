@@ -15,8 +15,8 @@ from sqlalchemy import Engine, Integer, MetaData, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix, mrl_search
-from mrl_pg.synthetic import exact_neighbors, mrl_like_vectors, queries_near
-from mrl_pg.synthetic import recall_at_k as recall
+from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, queries_near
+from mrl_pg.tools.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
 from tests.data import create_and_load
 

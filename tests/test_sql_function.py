@@ -22,12 +22,12 @@ from sqlalchemy.exc import DBAPIError
 
 from mrl_pg import Distance, add_prefix_column
 from mrl_pg.alembic import MRLPrefix
-from mrl_pg.alembic.maintained import TableRef
-from mrl_pg.alembic.online import OnlineChange
-from mrl_pg.declare import prefixes_of
+from mrl_pg.alembic.online.change import OnlineChange
+from mrl_pg.prefix.declare import prefixes_of
 from mrl_pg.sql import SCRIPT_VERSION, install, script
-from mrl_pg.synthetic import exact_distances, exact_neighbors, mrl_like_vectors, queries_near
-from mrl_pg.synthetic import recall_at_k as recall
+from mrl_pg.sqltext import TableRef
+from mrl_pg.tools.synthetic import exact_distances, exact_neighbors, mrl_like_vectors, queries_near
+from mrl_pg.tools.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
 from tests.data import create_and_load
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from mrl_pg.alembic import autogen  # registers the autogenerate pass and renderers
 from mrl_pg.alembic.checks import MigrationCheckError
-from mrl_pg.alembic.online_run import abandon_online_change
+from mrl_pg.alembic.migration_prefix import MRLPrefix
+from mrl_pg.alembic.online.run import abandon_online_change
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
-from mrl_pg.alembic.prefix_args import MRLPrefix
 
 __all__ = [
     "AddMRLPrefixOp",

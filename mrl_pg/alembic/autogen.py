@@ -24,12 +24,12 @@ from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Column, Connection, Table, text
 
-from mrl_pg.alembic.maintained import TableRef
-from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, staging_column, staging_index
+from mrl_pg.alembic.migration_prefix import MRLPrefix
+from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, staging_column, staging_index
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
-from mrl_pg.alembic.prefix_args import MRLPrefix
 from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
-from mrl_pg.declare import INFO_KEY, prefixes_of
+from mrl_pg.prefix.declare import INFO_KEY, prefixes_of
+from mrl_pg.sqltext import TableRef
 
 _IMPORT = "from mrl_pg.alembic import MRLPrefix"
 logger = logging.getLogger("alembic.mrl_pg")

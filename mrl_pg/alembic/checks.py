@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic.operations import Operations
 from sqlalchemy import text
 
-from mrl_pg.alembic.maintained import TableRef
-from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
+from mrl_pg.sqltext import TableRef
 
 
 class MigrationCheckError(MRLError, ValueError):

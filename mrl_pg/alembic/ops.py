@@ -18,11 +18,12 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
-from mrl_pg.alembic.maintained import TableRef, drop_trigger_sql, ident
-from mrl_pg.alembic.online import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
-from mrl_pg.alembic.online_run import run_online
-from mrl_pg.alembic.prefix_args import MRLPrefix
+from mrl_pg.alembic.migration_prefix import MRLPrefix
+from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
+from mrl_pg.alembic.online.run import run_online
+from mrl_pg.alembic.online.trigger import drop_trigger_sql
 from mrl_pg.alembic.progress import announce_rewrite, index_build_progress
+from mrl_pg.sqltext import TableRef, ident
 
 
 class _PrefixOp(MigrateOperation):

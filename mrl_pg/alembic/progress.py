@@ -19,8 +19,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import AssertionPool, StaticPool
 
-from mrl_pg.alembic.maintained import TableRef
-from mrl_pg.background import in_background
+from mrl_pg.side_thread import in_background
+from mrl_pg.sqltext import TableRef
 
 logger = logging.getLogger("alembic.mrl_pg")
 

@@ -6,10 +6,11 @@ import re
 
 from sqlalchemy import Connection, text
 
-from mrl_pg.alembic.maintained import TRIGGER_PREFIX, TableRef
-from mrl_pg.alembic.online import STAGING_SUFFIX
-from mrl_pg.alembic.prefix_args import MRLPrefix
-from mrl_pg.declare import fit_identifier
+from mrl_pg.alembic.migration_prefix import MRLPrefix
+from mrl_pg.alembic.online.change import STAGING_SUFFIX
+from mrl_pg.alembic.online.trigger import TRIGGER_PREFIX
+from mrl_pg.prefix.names import fit_identifier
+from mrl_pg.sqltext import TableRef
 
 _COLUMNS_SQL = text(
     """

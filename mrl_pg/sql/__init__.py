@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from mrl_pg.errors import MissingExtensionError
-from mrl_pg.settings import pgvector_settings
+from mrl_pg.search.hnsw_settings import pgvector_settings
 
 #: Version of the SQL script this package installs.
 SCRIPT_VERSION = "0.1.0"

@@ -22,15 +22,15 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mrl_pg.errors import PrefixConfigError, SearchParameterError
-from mrl_pg.measure.arguments import (
+from mrl_pg.prefix.spec import Distance
+from mrl_pg.tools.measure.arguments import (
     add_source_arguments,
     comma_list,
     dataset_from_args,
     engine_from_args,
 )
-from mrl_pg.measure.inputs import Dataset
-from mrl_pg.measure.prefix_recall import PrefixRecall, prefix_recall
-from mrl_pg.prefix import Distance
+from mrl_pg.tools.measure.inputs import Dataset
+from mrl_pg.tools.measure.prefix_recall import PrefixRecall, prefix_recall
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     document = _document(args, dataset, figures, choice)
     if args.json is not None:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-    from mrl_pg.measure.plot import evaluate_plot
+    from mrl_pg.tools.measure.plot import evaluate_plot
 
     evaluate_plot(
         figures[0].candidates,

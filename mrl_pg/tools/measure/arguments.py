@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine
 
-from mrl_pg.measure.errors import TooFewRowsError
-from mrl_pg.measure.inputs import Dataset, from_files, from_table, synthetic
-from mrl_pg.server import database_url, sqlalchemy_url
+from mrl_pg.tools.measure.errors import TooFewRowsError
+from mrl_pg.tools.measure.inputs import Dataset, from_files, from_table, synthetic
+from mrl_pg.tools.server import database_url, sqlalchemy_url
 
 _T = TypeVar("_T")
 

@@ -10,7 +10,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from mrl_pg.measure.timing import Result
+from mrl_pg.tools.measure.timing import Result
 
 
 def _pyplot() -> Any:

@@ -19,13 +19,13 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from sqlalchemy import Engine, select
 
-from mrl_pg.declare import Prefix
-from mrl_pg.measure.scratch import FULL_COLUMN, ScratchTable
-from mrl_pg.prefix import Distance, Storage
-from mrl_pg.search import mrl_search
-from mrl_pg.settings import Settings
-from mrl_pg.synthetic import normalize
-from mrl_pg.tuning import statement_settings
+from mrl_pg.prefix.declare import Prefix
+from mrl_pg.prefix.spec import Distance, Storage
+from mrl_pg.search.defaults import statement_settings
+from mrl_pg.search.hnsw_settings import Settings
+from mrl_pg.search.statement import mrl_search
+from mrl_pg.tools.measure.scratch import FULL_COLUMN, ScratchTable
+from mrl_pg.tools.synthetic import normalize
 
 Query = npt.NDArray[np.float32]
 Search = Callable[[Query], list[int]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mrl_pg.measure.timing import Result
+from mrl_pg.tools.measure.timing import Result
 
 TWO_STAGE = ("handwritten", "mrl_search")
 HEADER = (

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, text
 
-from mrl_pg.background import in_background
+from mrl_pg.side_thread import in_background
 
 _T = TypeVar("_T")
 

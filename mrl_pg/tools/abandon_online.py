@@ -16,10 +16,10 @@ import os
 
 from sqlalchemy import create_engine
 
-from mrl_pg.alembic.online import staging_column
-from mrl_pg.alembic.online_run import abandon_online_change
+from mrl_pg.alembic.online.change import staging_column
+from mrl_pg.alembic.online.run import abandon_online_change
 from mrl_pg.errors import MRLError
-from mrl_pg.server import sqlalchemy_url
+from mrl_pg.tools.server import sqlalchemy_url
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from mrl_pg.declare import Prefix
 from mrl_pg.errors import SearchParameterError
-from mrl_pg.prefix import Storage
-from mrl_pg.settings import Settings
+from mrl_pg.prefix.declare import Prefix
+from mrl_pg.prefix.spec import Storage
+from mrl_pg.search.hnsw_settings import Settings
 
 #: Candidates per result row kept by a prefix stage, by storage: a coarser prefix needs more.
 DEFAULT_OVERSAMPLE = {Storage.VECTOR: 4.0, Storage.HALFVEC: 4.0, Storage.BIT: 10.0}

@@ -23,10 +23,10 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import MigrationCheckError
-from mrl_pg.alembic.maintained import TableRef, ident, literal
-from mrl_pg.alembic.online import OnlineChange, locked_ddl
+from mrl_pg.alembic.online.change import OnlineChange, locked_ddl
 from mrl_pg.alembic.progress import index_build_progress
-from mrl_pg.declare import fit_identifier
+from mrl_pg.prefix.names import fit_identifier
+from mrl_pg.sqltext import TableRef, ident, literal
 
 logger = logging.getLogger("alembic.mrl_pg")
 

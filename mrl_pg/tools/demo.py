@@ -32,17 +32,17 @@ from sqlalchemy import (
     text,
 )
 
-from mrl_pg.declare import add_prefix_column
 from mrl_pg.load import copy_vectors
-from mrl_pg.search import mrl_search
-from mrl_pg.server import create_vector_extension, database_url
-from mrl_pg.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
+from mrl_pg.prefix.declare import add_prefix_column
+from mrl_pg.search.statement import mrl_search
+from mrl_pg.tools.server import create_vector_extension, database_url
+from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
 
 TABLE = "mrl_pg_demo_items"
 DIMS = 768
 PREFIX_DIMS = 128
 #: The demo app's Alembic project: app table, then a 256-dim prefix, then shrunk to 128.
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

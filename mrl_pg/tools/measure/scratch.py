@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import Column, Engine, Index, Integer, MetaData, Table, text
 
-from mrl_pg.declare import Prefix, add_prefix_column, prefixes_of
 from mrl_pg.load import copy_vectors
-from mrl_pg.measure.inputs import Dataset
-from mrl_pg.measure.progress import enabled, index_build_bar
-from mrl_pg.prefix import Distance, Storage
+from mrl_pg.prefix.declare import Prefix, add_prefix_column, prefixes_of
+from mrl_pg.prefix.spec import Distance, Storage
+from mrl_pg.tools.measure.inputs import Dataset
+from mrl_pg.tools.measure.progress import enabled, index_build_bar
 
 TABLE = "bench_items"
 FULL_COLUMN = "embedding"

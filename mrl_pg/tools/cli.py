@@ -11,10 +11,10 @@ from mrl_pg.errors import MRLError
 
 #: Subcommand name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
 COMMANDS = {
-    "abandon-online": "mrl_pg.abandon_online",
-    "bench": "mrl_pg.bench",
-    "demo": "mrl_pg.demo",
-    "evaluate": "mrl_pg.evaluate",
+    "abandon-online": "mrl_pg.tools.abandon_online",
+    "bench": "mrl_pg.tools.bench",
+    "demo": "mrl_pg.tools.demo",
+    "evaluate": "mrl_pg.tools.evaluate",
 }
 
 

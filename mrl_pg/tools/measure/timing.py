@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mrl_pg.measure.progress import tracked
-from mrl_pg.synthetic import Matrix, recall_at_k
+from mrl_pg.tools.measure.progress import tracked
+from mrl_pg.tools.synthetic import Matrix, recall_at_k
 
 #: Queries run untimed first, to warm the cache and let the driver prepare its statements.
 WARMUP_QUERIES = 20

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mrl_pg.prefix import Distance
-from mrl_pg.synthetic import Matrix, exact_distances
+from mrl_pg.prefix.spec import Distance
+from mrl_pg.tools.synthetic import Matrix, exact_distances
 
 #: Queries compared with all vectors at once; bounds memory to block x rows float64s.
 QUERY_BLOCK = 64

@@ -27,13 +27,17 @@ from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.sql.elements import KeyedColumnElement
 from sqlalchemy.sql.selectable import Alias, FromClause, Join, Subquery
 
-from mrl_pg.declare import Prefix, prefixes_of
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
-from mrl_pg.prefix import FullVector
-from mrl_pg.query_param import QueryVectorType
-from mrl_pg.query_vector import QueryLike, as_query_array
-from mrl_pg.settings import SETTINGS_OPTION, Settings
-from mrl_pg.tuning import IterativeScan, candidate_counts, check_positive_int, statement_settings
+from mrl_pg.prefix.declare import Prefix, prefixes_of
+from mrl_pg.prefix.spec import FullVector
+from mrl_pg.search.defaults import (
+    IterativeScan,
+    candidate_counts,
+    check_positive_int,
+    statement_settings,
+)
+from mrl_pg.search.hnsw_settings import SETTINGS_OPTION, Settings
+from mrl_pg.search.query_vector import QueryLike, QueryVectorType, as_query_array
 
 #: Name of the bound query vector, and of the distance column in results.
 QUERY_PARAM = "mrl_query"

@@ -8,7 +8,6 @@ can find it without any global registry.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +16,11 @@ from sqlalchemy.orm import MappedColumn, mapped_column
 from sqlalchemy.sql.schema import SchemaItem
 
 from mrl_pg.errors import NotAVectorColumnError, PrefixConfigError, PrefixSelectionError
-from mrl_pg.prefix import Distance, FullVector, PrefixSpec, Storage
+from mrl_pg.prefix.names import MAX_IDENTIFIER_LENGTH, default_index_name
+from mrl_pg.prefix.spec import Distance, FullVector, PrefixSpec, Storage
 
 #: Key under which a prefix column carries its declaration in ``Column.info``.
 INFO_KEY = "mrl_pg"
-#: PostgreSQL truncates identifiers longer than this.
-MAX_IDENTIFIER_LENGTH = 63
 
 
 @dataclass(frozen=True)
@@ -131,23 +129,6 @@ def prefixes_of(table: Table) -> list[Prefix]:
             )
         )
     return found
-
-
-def default_index_name(table_name: str, column_name: str) -> str:
-    """``ix_<table>_<column>_hnsw``, shortened with a hash when PostgreSQL would truncate it."""
-    return fit_identifier(f"ix_{table_name}_{column_name}_hnsw")
-
-
-def fit_identifier(name: str, suffix: str = "") -> str:
-    """``name + suffix`` if PostgreSQL keeps it whole, else ``name`` shortened and made unique
-    with a hash, ``suffix`` kept."""
-    whole = name + suffix
-    if len(whole.encode()) <= MAX_IDENTIFIER_LENGTH:
-        return whole
-    digest = hashlib.sha1(whole.encode()).hexdigest()[:8]
-    room = MAX_IDENTIFIER_LENGTH - 9 - len(suffix.encode())
-    head = name.encode()[:room].decode(errors="ignore")
-    return f"{head}_{digest}{suffix}"
 
 
 def hnsw_index(prefix_column: Column[Any], spec: PrefixSpec, name: str) -> Index:

@@ -9,7 +9,7 @@ the new prefix beside the table's current one and swap it in:
    transaction (at most ``batch_size`` rows, and about ``BATCH_SECONDS`` long), with progress
    notices (``mrl_pg: backfill ...``);
 3. **index**: ``CREATE INDEX CONCURRENTLY`` on the staging column (on each partition of a
-   partitioned table, see :mod:`mrl_pg.alembic.online_index`);
+   partitioned table, see :mod:`mrl_pg.alembic.online.index_step`);
 4. **swap**: in one short transaction, drop the old prefix and its index, rename the staging
    column and index to their final names and hand over the trigger.
 
@@ -20,7 +20,7 @@ Steps that need a lock take it with a short ``lock_timeout`` and retry, so a lon
 query delays the change instead of queueing every other query behind it.
 
 The prefix that results is a plain column kept current by a trigger (see
-:mod:`mrl_pg.alembic.maintained`); searches, reflection and autogenerate treat it like a
+:mod:`mrl_pg.alembic.online.trigger`); searches, reflection and autogenerate treat it like a
 generated one. Needs PostgreSQL 14 or later (TID range scans, ``CREATE OR REPLACE TRIGGER``).
 """
 
@@ -29,18 +29,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrl_pg.alembic.maintained import (
-    DIALECT,
-    TableRef,
+from mrl_pg.alembic.migration_prefix import MRLPrefix
+from mrl_pg.alembic.online.trigger import (
     create_trigger_sql,
     drop_trigger_sql,
     expression_sql,
-    ident,
-    literal,
+    function_sql,
     trigger_body,
 )
-from mrl_pg.alembic.prefix_args import MRLPrefix
-from mrl_pg.declare import fit_identifier
+from mrl_pg.prefix.names import fit_identifier
+from mrl_pg.sqltext import DIALECT, TableRef, ident, literal
 
 #: Most rows filled per backfill transaction, by default. A batch holds its rows' locks until
 #: it commits, so an application's update of one of them waits for up to one batch...
@@ -107,7 +105,7 @@ class OnlineChange:
             f"AND attname = {literal(staging)} AND NOT attisdropped AND ("
             f"format_type(atttypid, atttypmod) <> {literal(self.staging_type)} "
             f"OR (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure("
-            f"{literal(table.function_sql(staging) + '()')})) "
+            f"{literal(function_sql(table, staging) + '()')})) "
             f"IS DISTINCT FROM {literal(trigger_body(self.new, staging))}))"
         )
         return locked_ddl(

@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import Query
 
-from mrl_pg.query_vector import QueryLike
-from mrl_pg.search import SearchOptions, mrl_search, plan_search
-from mrl_pg.settings import SETTINGS_OPTION
+from mrl_pg.search.hnsw_settings import SETTINGS_OPTION
+from mrl_pg.search.query_vector import QueryLike
+from mrl_pg.search.statement import SearchOptions, mrl_search, plan_search
 
 _T = TypeVar("_T")
 

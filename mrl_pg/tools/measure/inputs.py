@@ -20,13 +20,13 @@ from psycopg import sql
 from sqlalchemy import Engine, text
 
 from mrl_pg.errors import NotAVectorColumnError
-from mrl_pg.measure.errors import (
+from mrl_pg.tools.measure.errors import (
     DimensionMismatchError,
     TooFewRowsError,
     UnknownTableError,
     VectorFileError,
 )
-from mrl_pg.synthetic import Matrix, mrl_like_vectors, queries_near
+from mrl_pg.tools.synthetic import Matrix, mrl_like_vectors, queries_near
 
 
 @dataclass(frozen=True)

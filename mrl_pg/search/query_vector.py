@@ -1,4 +1,4 @@
-"""The query vector as a bound parameter: sent once, in pgvector's binary format.
+"""The query vector: checked before it reaches the database, then bound once.
 
 With psycopg 3 the vector travels as ``vector_recv``/``halfvec_recv`` bytes (a 4-byte header,
 then big-endian floats) with an unspecified type that PostgreSQL infers from the surrounding
@@ -7,19 +7,55 @@ then big-endian floats) with an unspecified type that PostgreSQL infers from the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from pgvector import HalfVector, Vector
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-from mrl_pg.prefix import FullVector
+from mrl_pg.errors import QueryVectorError
+from mrl_pg.prefix.spec import FullVector
+
+QueryLike: TypeAlias = Sequence[float] | npt.NDArray[Any] | Vector | HalfVector
+
+#: Largest finite half-precision value; larger values become infinity in a ``halfvec``.
+HALF_MAX = 65504.0
+
+
+def as_query_array(query: QueryLike, full: FullVector) -> npt.NDArray[np.float32]:
+    """``query`` as a float32 array of ``full.dims`` finite values, or a QueryVectorError."""
+    if isinstance(query, (Vector, HalfVector)):
+        query = query.to_numpy()
+    try:
+        array = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise QueryVectorError(f"query vector is not a sequence of numbers: {exc}") from None
+    if array.ndim != 1:
+        raise QueryVectorError(
+            f"query vector must be one-dimensional, got an array of shape {array.shape}"
+        )
+    if array.shape[0] != full.dims:
+        raise QueryVectorError(
+            f"query vector has {array.shape[0]} dimensions, the column has {full.dims}"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise QueryVectorError(
+            f"query vector holds {array[bad]} at index {bad}; NaN and infinity cannot be searched"
+        )
+    if full.half and np.abs(array).max(initial=0.0) > HALF_MAX:
+        raise QueryVectorError(
+            f"query vector has values beyond ±{HALF_MAX:g}, which a halfvec cannot hold"
+        )
+    return array
 
 
 class BinaryQueryVector:

@@ -18,11 +18,11 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import check
-from mrl_pg.alembic.maintained import TableRef
-from mrl_pg.alembic.online import OnlineChange, abandon_sql
-from mrl_pg.alembic.online_index import build_index, check_index_names, partition_indexes
+from mrl_pg.alembic.online.change import OnlineChange, abandon_sql
+from mrl_pg.alembic.online.index_step import build_index, check_index_names, partition_indexes
 from mrl_pg.alembic.progress import PROGRESS_INTERVAL, server_notices
 from mrl_pg.alembic.reflect import reflect_prefixes
+from mrl_pg.sqltext import TableRef
 
 logger = logging.getLogger("alembic.mrl_pg")
 

@@ -27,19 +27,19 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mrl_pg.errors import SearchParameterError
-from mrl_pg.measure import methods, report
-from mrl_pg.measure.arguments import (
+from mrl_pg.prefix.spec import Distance, Storage
+from mrl_pg.tools.measure import methods, report
+from mrl_pg.tools.measure.arguments import (
     add_source_arguments,
     comma_list,
     dataset_from_args,
     engine_from_args,
 )
-from mrl_pg.measure.inputs import Dataset
-from mrl_pg.measure.scratch import HNSWParameters, ScratchTable
-from mrl_pg.measure.timing import Result, summarise, time_queries
-from mrl_pg.prefix import Distance, Storage
-from mrl_pg.server import create_vector_extension
-from mrl_pg.synthetic import exact_neighbors
+from mrl_pg.tools.measure.inputs import Dataset
+from mrl_pg.tools.measure.scratch import HNSWParameters, ScratchTable
+from mrl_pg.tools.measure.timing import Result, summarise, time_queries
+from mrl_pg.tools.server import create_vector_extension
+from mrl_pg.tools.synthetic import exact_neighbors
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +93,7 @@ def bench(args: argparse.Namespace) -> list[Result]:
     if args.json is not None:
         args.json.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
     if args.plot is not None:
-        from mrl_pg.measure.plot import bench_plot
+        from mrl_pg.tools.measure.plot import bench_plot
 
         title = f"{len(dataset.vectors)} x {dataset.dims}, {dataset.source}"
         bench_plot(results, args.plot, title)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import column
 
-from mrl_pg.declare import Prefix, default_index_name
-from mrl_pg.prefix import Distance, FullVector, PrefixSpec, Storage
+from mrl_pg.prefix.declare import Prefix
+from mrl_pg.prefix.names import default_index_name
+from mrl_pg.prefix.spec import Distance, FullVector, PrefixSpec, Storage
 
 
 @dataclass(frozen=True)
