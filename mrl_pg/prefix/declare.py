@@ -1,14 +1,14 @@
 """Declaring prefixes on SQLAlchemy models and tables, and finding them again.
 
 A prefix is an ordinary column: ``GENERATED ALWAYS AS (<prefix of the full vector>) STORED``,
-with an HNSW index named ``ix_<table>_<column>_hnsw`` unless told otherwise. Its
-:class:`~mrl_pg.prefix.PrefixSpec` travels in ``Column.info`` so that search and migrations
-can find it without any global registry.
+with an HNSW index named ``ix_<table>_<column>_hnsw`` unless told otherwise. Once the column is
+part of a table, its :class:`Prefix` travels in ``Column.info``, so that search and migrations
+find it without any global registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Column, Computed, Index, Table, event
@@ -24,17 +24,9 @@ INFO_KEY = "mrl_pg"
 
 
 @dataclass(frozen=True)
-class PrefixDeclaration:
-    """What ``Column.info[INFO_KEY]`` holds for a prefix column."""
-
-    spec: PrefixSpec
-    full_column: Column[Any]
-    index_name: str | None
-
-
-@dataclass(frozen=True)
 class Prefix:
-    """A prefix column found on a table, with everything needed to query or migrate it."""
+    """A prefix column of a table, with everything needed to query or migrate it. It is kept
+    in the prefix column's ``Column.info`` once the column is part of a table."""
 
     spec: PrefixSpec
     table: Table
@@ -71,9 +63,8 @@ def mrl_prefix(
     """
     full_column = full.column if isinstance(full, MappedColumn) else full
     spec, extras = _declare(full_column, dims, distance, storage, m, ef_construction, index_name)
-    prefix = mapped_column(spec.sql_type(), *extras, deferred=deferred, info=_info(
-        spec, full_column, index_name))
-    _index_when_attached(prefix.column, spec, index_name)
+    prefix = mapped_column(spec.sql_type(), *extras, deferred=deferred)
+    _declare_when_attached(prefix.column, spec, full_column, index_name)
     return prefix
 
 
@@ -98,36 +89,29 @@ def add_prefix_column(
     column_name = name or f"{full.name}_{dims}"
     if column_name in table.c:
         raise PrefixConfigError(f"table {table.name!r} already has a column {column_name!r}")
-    column: Column[Any] = Column(
-        column_name, spec.sql_type(), *extras, info=_info(spec, full, index_name)
-    )
-    _index_when_attached(column, spec, index_name)
+    column: Column[Any] = Column(column_name, spec.sql_type(), *extras)
+    _declare_when_attached(column, spec, full, index_name)
     table.append_column(column)
     return column
 
 
 def prefixes_of(table: Table) -> list[Prefix]:
-    """Every prefix declared on ``table``, in column order."""
+    """Every prefix declared on ``table``, in column order. A copy of a table
+    (``Table.to_metadata()``) has the prefixes of the original, on its own columns."""
     found = []
     for column in table.columns:
-        declaration = column.info.get(INFO_KEY)
-        if not isinstance(declaration, PrefixDeclaration):
+        prefix = column.info.get(INFO_KEY)
+        if not isinstance(prefix, Prefix):
             continue
-        full = table.c.get(str(declaration.full_column.key))
-        if full is None:
-            raise PrefixSelectionError(
-                f"prefix {column.name!r} refers to column {declaration.full_column.name!r}, "
-                f"which table {table.name!r} does not have"
-            )
-        found.append(
-            Prefix(
-                spec=declaration.spec,
-                table=table,
-                column=column,
-                full_column=full,
-                index_name=declaration.index_name or default_index_name(table.name, column.name),
-            )
-        )
+        if prefix.table is not table:
+            full = table.c.get(str(prefix.full_column.key))
+            if full is None:
+                raise PrefixSelectionError(
+                    f"prefix {column.name!r} refers to column {prefix.full_column.name!r}, "
+                    f"which table {table.name!r} does not have"
+                )
+            prefix = replace(prefix, table=table, column=column, full_column=full)
+        found.append(prefix)
     return found
 
 
@@ -166,15 +150,20 @@ def _declare(
     return spec, [Computed(spec.expression(full_column), persisted=True)]
 
 
-def _info(spec: PrefixSpec, full: Column[Any], index_name: str | None) -> dict[str, Any]:
-    return {INFO_KEY: PrefixDeclaration(spec=spec, full_column=full, index_name=index_name)}
+def _declare_when_attached(
+    column: Column[Any], spec: PrefixSpec, full: Column[Any], index_name: str | None
+) -> None:
+    """Once ``column`` is part of a table: its HNSW index, and its :class:`Prefix` in
+    ``column.info``."""
 
+    def declare(attached: Column[Any], table: Table) -> None:
+        name = index_name or default_index_name(table.name, attached.name)
+        hnsw_index(attached, spec, name)
+        attached.info[INFO_KEY] = Prefix(
+            spec=spec, table=table, column=attached, full_column=full, index_name=name
+        )
 
-def _index_when_attached(column: Column[Any], spec: PrefixSpec, index_name: str | None) -> None:
-    def create_index(attached: Column[Any], table: Table) -> None:
-        hnsw_index(attached, spec, index_name or default_index_name(table.name, attached.name))
-
-    event.listen(column, "after_parent_attach", create_index)
+    event.listen(column, "after_parent_attach", declare)
 
 
 def _table_column(table: Table, column: str | Column[Any]) -> Column[Any]:
