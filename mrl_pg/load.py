@@ -22,6 +22,14 @@ from pgvector.sqlalchemy import HALFVEC, VECTOR
 from psycopg import sql
 from sqlalchemy import Connection, Table
 
+from mrl_pg.errors import (
+    ConnectionClosedError,
+    LoadDataError,
+    MissingDependencyError,
+    NotAVectorColumnError,
+    UnknownColumnError,
+)
+
 #: Rows encoded and sent per step.
 CHUNK_ROWS = 4096
 
@@ -46,7 +54,7 @@ def copy_vectors(
     others = dict(other_columns or {})
     for name, values in others.items():
         if len(values) != len(vectors):
-            raise ValueError(
+            raise LoadDataError(
                 f"column {name!r} has {len(values)} values for {len(vectors)} vectors"
             )
     encode = _encoder(table, column)
@@ -113,7 +121,7 @@ def _copy(
     ]
     raw = connection.connection.dbapi_connection
     if raw is None:
-        raise RuntimeError("the connection is closed")
+        raise ConnectionClosedError("the connection is closed")
     target = sql.Identifier(*([table.schema] if table.schema else []), table.name)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
         target, sql.SQL(", ").join(sql.Identifier(name) for name in columns)
@@ -134,15 +142,19 @@ def _copy(
 def _encoder(table: Table, column: str) -> Encoder:
     type_ = _column(table, column).type
     if not isinstance(type_, (VECTOR, HALFVEC)):
-        raise TypeError(f"column {column!r} is {type_!r}, not a pgvector VECTOR or HALFVEC")
+        raise NotAVectorColumnError(
+            f"column {column!r} is {type_!r}, not a pgvector VECTOR or HALFVEC"
+        )
     element = np.dtype(">f2" if isinstance(type_, HALFVEC) else ">f4")
 
     def encode(block: npt.NDArray[Any]) -> list[bytes]:
         if block.ndim != 2:
-            raise ValueError(f"expected a 2-d array of vectors, got shape {block.shape}")
+            raise LoadDataError(f"expected a 2-d array of vectors, got shape {block.shape}")
         rows, dims = block.shape
         if type_.dim is not None and dims != type_.dim:
-            raise ValueError(f"vectors have {dims} dimensions, column {column!r} has {type_.dim}")
+            raise LoadDataError(
+                f"vectors have {dims} dimensions, column {column!r} has {type_.dim}"
+            )
         header = np.array([dims, 0], dtype=">u2").tobytes()
         body = block.astype(element).tobytes()
         width = dims * element.itemsize
@@ -160,7 +172,7 @@ def _as_array(value: Any) -> npt.NDArray[np.float32]:
 def _column(table: Table, name: str) -> Any:
     column = table.c.get(name)
     if column is None:
-        raise KeyError(f"table {table.name!r} has no column {name!r}")
+        raise UnknownColumnError(f"table {table.name!r} has no column {name!r}")
     return column
 
 
@@ -188,6 +200,6 @@ def _progress_bar(total: int | None, progress: bool | None, name: str) -> Any:
         tqdm = importlib.import_module("tqdm").tqdm  # optional: no hard dependency, no stubs
     except ImportError:
         if progress:
-            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+            raise MissingDependencyError("progress=True needs tqdm: pip install tqdm") from None
         return _NoBar()
     return tqdm(total=total, unit="rows", unit_scale=True, desc=f"COPY {name}")

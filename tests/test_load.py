@@ -3,6 +3,7 @@ columns, exact values read back, generated prefixes filled in by the database.""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,15 @@ from pgvector import HalfVector, Vector
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
 
-from mrl_pg import add_prefix_column
+from mrl_pg import (
+    ConnectionClosedError,
+    LoadDataError,
+    MissingDependencyError,
+    MRLError,
+    NotAVectorColumnError,
+    UnknownColumnError,
+    add_prefix_column,
+)
 from mrl_pg.load import CHUNK_ROWS, copy_rows, copy_vectors
 from mrl_pg.tools.synthetic import mrl_like_vectors
 
@@ -96,16 +105,62 @@ def test_copy_rows_from_an_iterable(
     np.testing.assert_array_equal(stored, expected)
 
 
-def test_wrong_dimensions_and_lengths_are_refused(
-    engine: Engine, tables: tuple[Table, Table]
+@pytest.mark.parametrize(
+    ("column", "vectors", "others", "error", "builtin", "message"),
+    [
+        ("embedding", np.ones((2, 3)), {"id": [1, 2]}, LoadDataError, ValueError,
+         "vectors have 3 dimensions, column 'embedding' has 16"),
+        ("embedding", np.ones((2, DIMS)), {"id": [1]}, LoadDataError, ValueError,
+         "column 'id' has 1 values for 2 vectors"),
+        ("embedding", np.ones(DIMS), {}, LoadDataError, ValueError,
+         r"expected a 2-d array of vectors, got shape \(16,\)"),
+        ("label", np.ones((1, DIMS)), {}, NotAVectorColumnError, TypeError,
+         "column 'label' is String\\(length=20\\), not a pgvector VECTOR or HALFVEC"),
+        ("vector", np.ones((1, DIMS)), {}, UnknownColumnError, KeyError,
+         "^table 'full_vectors' has no column 'vector'$"),
+    ],
+    ids=["dimensions", "lengths", "shape", "not-a-vector", "unknown-column"],
+)
+def test_data_that_does_not_fit_is_refused_before_any_row(
+    engine: Engine,
+    tables: tuple[Table, Table],
+    column: str,
+    vectors: Any,
+    others: dict[str, list[int]],
+    error: type[Exception],
+    builtin: type[Exception],
+    message: str,
 ) -> None:
     table = tables[0]
-    with engine.begin() as conn, pytest.raises(ValueError, match="vectors have 3 dimensions"):
-        copy_vectors(conn, table, "embedding", np.ones((2, 3)), {"id": [1, 2]})
-    with engine.begin() as conn, pytest.raises(ValueError, match="has 1 values for 2 vectors"):
-        copy_vectors(conn, table, "embedding", np.ones((2, DIMS)), {"id": [1]})
-    with engine.begin() as conn, pytest.raises(TypeError, match="not a pgvector"):
-        copy_vectors(conn, table, "label", np.ones((1, DIMS)))
+    with engine.begin() as conn, pytest.raises(error, match=message) as raised:
+        copy_vectors(conn, table, column, vectors, others)
+    assert isinstance(raised.value, MRLError) and isinstance(raised.value, builtin)
+    assert read_back(engine, table) == []
+
+
+def test_an_unknown_column_in_copy_rows(engine: Engine, tables: tuple[Table, Table]) -> None:
+    with engine.begin() as conn, pytest.raises(UnknownColumnError, match="has no column 'tag'"):
+        copy_rows(conn, tables[0], ["id", "tag"], [(1, "x")])
+
+
+def test_an_invalidated_connection_is_refused(
+    engine: Engine, tables: tuple[Table, Table]
+) -> None:
+    with engine.connect() as conn:
+        conn.connection.invalidate()
+        with pytest.raises(ConnectionClosedError, match="the connection is closed"):
+            copy_vectors(conn, tables[0], "embedding", np.ones((1, DIMS)), {"id": [1]})
+
+
+def test_progress_true_without_tqdm(
+    engine: Engine, tables: tuple[Table, Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    with engine.begin() as conn, pytest.raises(
+        MissingDependencyError, match="progress=True needs tqdm"
+    ) as raised:
+        copy_vectors(conn, tables[0], "embedding", np.ones((1, DIMS)), {"id": [1]}, progress=True)
+    assert isinstance(raised.value, ImportError)
 
 
 def test_progress_bar_when_asked(

@@ -20,7 +20,7 @@ from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Ta
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from mrl_pg import Distance, add_prefix_column
+from mrl_pg import ConnectionClosedError, Distance, add_prefix_column
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.online.change import OnlineChange
 from mrl_pg.prefix.declare import prefixes_of
@@ -297,3 +297,11 @@ def test_psql_installs_the_script(sql_engine: Engine, tmp_path: Path) -> None:
 def test_top_level_sql_dir_holds_the_same_script() -> None:
     top = Path(__file__).resolve().parent.parent / "sql" / f"mrl_pg--{SCRIPT_VERSION}.sql"
     assert top.read_text("utf-8") == script()
+
+
+def test_install_on_an_invalidated_connection(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.connection.invalidate()
+        with pytest.raises(ConnectionClosedError, match="the connection is closed") as raised:
+            install(conn)
+    assert isinstance(raised.value, RuntimeError)

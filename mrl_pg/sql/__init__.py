@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from mrl_pg.errors import MissingExtensionError
+from mrl_pg.errors import ConnectionClosedError, MissingExtensionError
 from mrl_pg.search.hnsw_settings import pgvector_settings
 
 #: Version of the SQL script this package installs.
@@ -35,7 +35,7 @@ def install(connection: Connection) -> None:
     ``await conn.run_sync(install)``."""
     dbapi_connection: Any = connection.connection.dbapi_connection
     if dbapi_connection is None:
-        raise RuntimeError("the connection is closed")
+        raise ConnectionClosedError("the connection is closed")
     if ITERATIVE_SCAN not in pgvector_settings(connection):
         raise MissingExtensionError(
             f"the SQL function needs pgvector 0.8 or newer ({ITERATIVE_SCAN}), which this"

@@ -1,17 +1,22 @@
 """Run mrl_pg end to end on a demo table: add a prefix, search, compare with full HNSW.
 
-Uses ``MRL_PG_DSN`` when set (the demo creates and drops its own table there), else starts
-the embedded PostgreSQL server. The schema comes from the demo app's Alembic migrations in
-``migrations/``: the app table, then ``op.add_mrl_prefix`` (256 dims), then
+Uses ``MRL_PG_DSN`` when set, else starts the embedded PostgreSQL server. The schema comes from
+the demo app's Alembic migrations (the repository's ``migrations/``, shipped in the package as
+``mrl_pg.demo_migrations``): the app table, then ``op.add_mrl_prefix`` (256 dims), then
 ``op.resize_mrl_prefix`` (down to 128).
+
+On a database of yours the demo leaves everything as it found it: it refuses to start if its
+table or its Alembic version table (``mrl_pg_demo_version``, not your ``alembic_version``)
+exists, and afterwards drops what it made, the ``vector`` extension too if it created it.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -28,10 +33,12 @@ from sqlalchemy import (
     Select,
     Table,
     create_engine,
+    inspect,
     select,
     text,
 )
 
+from mrl_pg.errors import DemoConflictError
 from mrl_pg.load import copy_vectors
 from mrl_pg.prefix.declare import add_prefix_column
 from mrl_pg.search.statement import mrl_search
@@ -42,7 +49,22 @@ TABLE = "mrl_pg_demo_items"
 DIMS = 768
 PREFIX_DIMS = 128
 #: The demo app's Alembic project: app table, then a 256-dim prefix, then shrunk to 128.
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_PACKAGE = "mrl_pg.demo_migrations"
+#: The demo's own Alembic version table (``version_table`` in its ``env.py``).
+VERSION_TABLE = "mrl_pg_demo_version"
+
+
+@contextmanager
+def alembic_config(url: str) -> Iterator[Config]:
+    """The Alembic ``Config`` of the demo app's migrations on ``url``, wherever the package is
+    installed (a checkout, an editable install or a wheel)."""
+    with resources.as_file(resources.files(MIGRATIONS_PACKAGE)) as folder:
+        config = Config(str(folder / "alembic.ini"))
+        location = str(folder).replace("%", "%%")  # the ini file's interpolation syntax
+        config.set_main_option("script_location", location)
+        config.set_main_option("prepend_sys_path", location)  # env.py imports demo_app
+        config.attributes["url"] = url
+        yield config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,14 +73,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (MIGRATIONS / "alembic.ini").exists():
-        raise SystemExit(f"the demo's migrations are not at {MIGRATIONS}; run it from a checkout")
     url = database_url()
     engine = create_engine(url)
-    create_vector_extension(engine)
-    print(f"database: {engine.url.render_as_string(hide_password=True)}")
-    config = Config(str(MIGRATIONS / "alembic.ini"))
-    config.attributes["url"] = url
+    try:
+        _refuse_to_touch_existing_tables(engine)
+        print(f"database: {engine.url.render_as_string(hide_password=True)}")
+        with _vector_extension(engine), alembic_config(url) as config:
+            _run_migrations_and_searches(engine, config, args)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _run_migrations_and_searches(engine: Engine, config: Config, args: argparse.Namespace) -> None:
     items = Table(
         TABLE,
         MetaData(),
@@ -76,9 +103,32 @@ def run(args: argparse.Namespace) -> int:
     finally:
         command.downgrade(config, "base")
         with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        engine.dispose()
-    return 0
+            Table(VERSION_TABLE, MetaData()).drop(conn, checkfirst=True)
+
+
+def _refuse_to_touch_existing_tables(engine: Engine) -> None:
+    tables = inspect(engine)
+    for table in (TABLE, VERSION_TABLE):
+        if tables.has_table(table):
+            raise DemoConflictError(
+                f"the database already has a table {table!r} (left by an earlier demo or "
+                "`alembic -c migrations/alembic.ini upgrade`): the demo leaves it alone; "
+                "drop it, or set MRL_PG_DSN to another database"
+            )
+
+
+@contextmanager
+def _vector_extension(engine: Engine) -> Iterator[None]:
+    """The ``vector`` extension while the demo runs, dropped afterwards if it made it."""
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first()
+    create_vector_extension(engine)
+    try:
+        yield
+    finally:
+        if found is None:
+            with engine.begin() as conn:
+                conn.execute(text("DROP EXTENSION vector"))
 
 
 def _create_app_table(

