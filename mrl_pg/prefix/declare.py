@@ -8,6 +8,7 @@ can find it without any global registry.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from mrl_pg.prefix.spec import Distance, FullVector, PrefixSpec, Storage
 
 #: Key under which a prefix column carries its declaration in ``Column.info``.
 INFO_KEY = "mrl_pg"
+
+_generations = itertools.count(1)
+_generation = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,13 @@ def prefixes_of(table: Table) -> list[Prefix]:
     return found
 
 
+def prefix_generation() -> int:
+    """A number that changes whenever a prefix column is attached to a table (a model with
+    ``mrl_prefix()`` declared, ``add_prefix_column()`` called). Anything built from
+    :func:`prefixes_of` and kept for later (search statement templates) keys on it."""
+    return _generation
+
+
 def hnsw_index(prefix_column: Column[Any], spec: PrefixSpec, name: str) -> Index:
     """The HNSW index for a prefix column, with the operator class its distance needs."""
     return Index(
@@ -171,8 +182,14 @@ def _info(spec: PrefixSpec, full: Column[Any], index_name: str | None) -> dict[s
 
 
 def _index_when_attached(column: Column[Any], spec: PrefixSpec, index_name: str | None) -> None:
+    """Once ``column`` is on its table: give it its index, and move the prefix generation on
+    (after the column is in place, so a template built before this point is never filed under
+    the new generation)."""
+
     def create_index(attached: Column[Any], table: Table) -> None:
+        global _generation
         hnsw_index(attached, spec, index_name or default_index_name(table.name, attached.name))
+        _generation = next(_generations)
 
     event.listen(column, "after_parent_attach", create_index)
 
