@@ -183,8 +183,18 @@ def test_the_legacy_query_applies_its_settings(points_engine: Engine) -> None:
         assert len(query.mrl_search(QUERY, **CAPPED).all()) <= 40
         nearest, distance = wide.first()
         assert isinstance(nearest, Point) and distance >= 0
+        assert wide.count() == 100
+        assert query.mrl_search(QUERY, **CAPPED).count() <= 40
         with pytest.raises(InvalidRequestError, match="full statement"):
             wide.filter(Point.id > 3)
+
+
+def test_a_search_embedded_in_a_search_select(points_engine: Engine) -> None:
+    search = Point.mrl_search(QUERY, **WIDE)
+    counted = SearchSelect(func.count(), settings=search.search_settings)
+    with points_engine.connect() as conn:
+        conn.invalidate()  # a new DBAPI connection, on which no search has run
+        assert conn.scalar(counted.select_from(search.subquery())) == 100
 
 
 def test_statement_caching_still_works(points_engine: Engine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from sqlalchemy import func
 from sqlalchemy.orm import FromStatement, Query
 
 from mrl_pg.search.query_vector import QueryLike
@@ -54,3 +55,9 @@ class SearchQuery(Query[_T]):
             raise RuntimeError(f"expected a FromStatement around a search, got {wrapper!r}")
         options = wrapper.get_execution_options()
         return wrapper.element.execution_options(**options) if options else wrapper.element
+
+    def count(self) -> int:
+        """How many rows the search returns (at most ``k``), counted with its settings."""
+        search: Any = self.statement
+        counting = SearchSelect(func.count(), settings=search.search_settings)
+        return int(self.session.scalar(counting.select_from(search.subquery())) or 0)

@@ -6,8 +6,14 @@ own execution, and nothing else's.
 settings included) that SQLAlchemy compiles and caches like any other. Only its execution
 differs: it prepares the connection for the binary query vector
 (:func:`~mrl_pg.search.query_vector.prepare_connection`) and runs with its settings in effect
-(:func:`~mrl_pg.search.hnsw_settings.run_with_settings`). A search embedded in another
-statement (as a subquery, say) runs as part of that statement, without its settings.
+(:func:`~mrl_pg.search.hnsw_settings.run_with_settings`).
+
+A search embedded in another statement (``search.subquery()`` in a ``select()``, say) runs as
+part of that statement, without its settings; with psycopg, on a connection that has not run a
+search yet, its binary query vector cannot even be sent. Make the outer statement a search too::
+
+    counted = SearchSelect(func.count(), settings=search.search_settings)
+    conn.scalar(counted.select_from(search.subquery()))
 """
 
 from __future__ import annotations
