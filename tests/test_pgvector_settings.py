@@ -9,19 +9,25 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, func, make_url, text
 from sqlalchemy.exc import ProgrammingError
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
-from mrl_pg.search.hnsw_settings import SETTINGS_OPTION
+from mrl_pg.search.hnsw_settings import Settings
+from mrl_pg.search.search_select import SearchSelect
 from mrl_pg.sql import install
 
 SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")
 
 
+def showing_ef_search(settings: Settings) -> SearchSelect:
+    """A search statement in all but the search: it makes ``settings`` and shows one."""
+    return SearchSelect(func.current_setting("hnsw.ef_search"), settings=settings)
+
+
 def test_a_setting_the_servers_pgvector_lacks_is_left_out_with_a_warning(engine: Engine) -> None:
     settings = (("hnsw.ef_search", "77"), ("hnsw.not_in_this_pgvector", "on"))
-    searching = SHOW_EF_SEARCH.execution_options(**{SETTINGS_OPTION: settings})
+    searching = showing_ef_search(settings)
     with engine.connect() as conn:
         for _ in range(2):  # the library is loaded after the first time
             with pytest.warns(PgvectorFeatureWarning, match=r"no hnsw\.not_in_this_pgvector "):
@@ -53,7 +59,7 @@ def test_a_database_without_pgvector_is_named_as_such(database_without_pgvector:
         database_without_pgvector.connect() as conn,
         pytest.raises(MissingExtensionError, match="CREATE EXTENSION vector"),
     ):
-        conn.execute(SHOW_EF_SEARCH.execution_options(**{SETTINGS_OPTION: settings}))
+        conn.execute(showing_ef_search(settings))
 
 
 def test_the_sql_function_is_not_installed_without_pgvector(

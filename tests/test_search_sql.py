@@ -18,7 +18,6 @@ from mrl_pg import (
     SearchParameterError,
     mrl_search,
 )
-from mrl_pg.search.hnsw_settings import SETTINGS_OPTION
 from tests.models import Doc, Note
 
 QUERY = np.linspace(-1, 1, 768, dtype=np.float32)
@@ -64,7 +63,7 @@ def test_funnel_shape() -> None:
     assert "ORDER BY docs.cosine_bit <~> CAST(binary_quantize(" in text
     assert "LIMIT 400) AS mrl_candidates_0 ORDER BY mrl_candidates_0.mrl_stage_1 <=> CAST(" in text
     assert "LIMIT 40) AS mrl_candidates_1 ORDER BY distance LIMIT 10" in text
-    assert dict(stmt.get_execution_options()[SETTINGS_OPTION])["hnsw.ef_search"] == "400"
+    assert dict(stmt.search_settings)["hnsw.ef_search"] == "400"
 
 
 @pytest.mark.parametrize(
@@ -78,15 +77,14 @@ def test_funnel_shape() -> None:
     ],
 )
 def test_settings_per_statement(kwargs: dict[str, Any], ef_search: str, iterative: str | None) -> None:
-    settings = dict(Doc.mrl_search(QUERY, prefix="cosine_vector", **kwargs)
-                    .get_execution_options()[SETTINGS_OPTION])
+    settings = dict(Doc.mrl_search(QUERY, prefix="cosine_vector", **kwargs).search_settings)
     assert settings["hnsw.ef_search"] == ef_search
     assert settings.get("hnsw.iterative_scan") == iterative
 
 
 def test_filters_turn_on_iterative_scan() -> None:
     stmt = mrl_search(select(Doc).where(Doc.tenant == 1), QUERY, prefix="cosine_vector")
-    assert ("hnsw.iterative_scan", "relaxed_order") in stmt.get_execution_options()[SETTINGS_OPTION]
+    assert ("hnsw.iterative_scan", "relaxed_order") in stmt.search_settings
 
 
 def test_statement_template_reuse_binds_each_query() -> None:

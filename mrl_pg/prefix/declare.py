@@ -8,6 +8,7 @@ find it without any global registry.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +22,9 @@ from mrl_pg.prefix.spec import Distance, FullVector, PrefixSpec, Storage
 
 #: Key under which a prefix column carries its declaration in ``Column.info``.
 INFO_KEY = "mrl_pg"
+
+_generations = itertools.count(1)
+_generation = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,13 @@ def prefixes_of(table: Table) -> list[Prefix]:
     return found
 
 
+def prefix_generation() -> int:
+    """A number that changes whenever a prefix column is attached to a table (a model with
+    ``mrl_prefix()`` declared, ``add_prefix_column()`` called). Anything built from
+    :func:`prefixes_of` and kept for later (search statement templates) keys on it."""
+    return _generation
+
+
 def hnsw_index(prefix_column: Column[Any], spec: PrefixSpec, name: str) -> Index:
     """The HNSW index for a prefix column, with the operator class its distance needs."""
     return Index(
@@ -153,15 +164,18 @@ def _declare(
 def _declare_when_attached(
     column: Column[Any], spec: PrefixSpec, full: Column[Any], index_name: str | None
 ) -> None:
-    """Once ``column`` is part of a table: its HNSW index, and its :class:`Prefix` in
-    ``column.info``."""
+    """Once ``column`` is part of a table: its HNSW index, its :class:`Prefix` in
+    ``column.info``, and the next prefix generation (moved on last, so a search statement
+    built before this point is never filed under the new generation)."""
 
     def declare(attached: Column[Any], table: Table) -> None:
+        global _generation
         name = index_name or default_index_name(table.name, attached.name)
         hnsw_index(attached, spec, name)
         attached.info[INFO_KEY] = Prefix(
             spec=spec, table=table, column=attached, full_column=full, index_name=name
         )
+        _generation = next(_generations)
 
     event.listen(column, "after_parent_attach", declare)
 

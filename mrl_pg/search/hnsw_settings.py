@@ -1,11 +1,12 @@
 """Per-statement pgvector settings (``hnsw.ef_search``, ``hnsw.iterative_scan``, ...).
 
-A search statement carries the settings it needs in the execution option
-:data:`SETTINGS_OPTION`. Right before the statement runs they are set with ``set_config``,
-local to the transaction, and right after it they are put back to what they were, so the next
-statement on the connection (pooled or not, in the same transaction or not) sees the values it
-saw before. On a connection in autocommit mode the settings are made at session level and put
-back after the statement, or after its error.
+A search statement (:class:`~mrl_pg.search.search_select.SearchSelect`) carries the settings
+it needs and runs itself through :func:`run_with_settings`: right before the statement they are
+set with ``set_config``, local to the transaction, and right after it the ones that changed are
+put back, so the next statement on the connection (pooled or not, in the same transaction or
+not) sees the values it saw before. On a connection in autocommit mode the settings are made at
+session level and put back after the statement, or after its error. Statements that are not
+searches never reach this module: no event listener is registered anywhere.
 
 Streaming results (``stream_results``/``yield_per``) fetch rows after the statement has
 "executed", so their settings are left in place until the end of the transaction instead.
@@ -19,22 +20,54 @@ server lacks are left out, with a :class:`~mrl_pg.errors.PgvectorFeatureWarning`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, ExceptionContext
-from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+from sqlalchemy.engine import Connection
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
 
-#: Execution option holding a tuple of ``(setting, value)`` pairs.
-SETTINGS_OPTION = "mrl_pg_settings"
-_RESTORE_KEY = "mrl_pg_restore"
 _KNOWN_KEY = "mrl_pg_pgvector_settings"
 _PGVECTOR_PREFIX = "hnsw."
 
+#: ``(setting, value)`` pairs, in the order they are made.
 Settings = tuple[tuple[str, str], ...]
+
+_Result = TypeVar("_Result")
+
+
+def run_with_settings(
+    conn: Connection, settings: Settings, streaming: bool, execute: Callable[[], _Result]
+) -> _Result:
+    """``execute()`` (one statement on ``conn``) with ``settings`` in effect; see the module
+    docstring for how long they last. The transaction SQLAlchemy would begin for the statement
+    is begun first, so that the settings live in the same one."""
+    if not settings:
+        return execute()
+    if not conn.in_transaction():
+        conn.begin()
+    local = not getattr(_dbapi_connection(conn), "autocommit", False)
+    previous = _apply(conn, settings, local)
+    try:
+        result = execute()
+    except BaseException:
+        # A transaction's rollback undoes local settings; session-level ones are ours to undo.
+        if previous and not local and not conn.invalidated:
+            _restore(conn, previous, local)
+        raise
+    if previous and not streaming:
+        _restore(conn, previous, local)
+    return result
+
+
+def streams_results(*option_sets: Mapping[str, Any]) -> bool:
+    """Whether execution options, merged in the order given (later ones win), fetch rows
+    after the statement returns (``stream_results``, or ``yield_per`` which implies it)."""
+    merged: dict[str, Any] = {}
+    for options in option_sets:
+        merged.update(options)
+    return bool(merged.get("stream_results") or merged.get("yield_per"))
+
 
 
 def _placeholders(conn: Connection, count: int) -> list[str]:
@@ -148,54 +181,3 @@ def _dbapi_connection(conn: Connection) -> Any:
     """The pool's DBAPI connection, not ``cursor.connection``: asyncio drivers' adapted
     cursors have no ``connection`` attribute."""
     return conn.connection.dbapi_connection
-
-
-@event.listens_for(Engine, "before_cursor_execute")
-def _before_cursor_execute(
-    conn: Connection,
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> None:
-    settings: Settings | None = (
-        context.execution_options.get(SETTINGS_OPTION) if context is not None else None
-    )
-    if not settings:
-        return
-    local = not getattr(_dbapi_connection(conn), "autocommit", False)
-    previous = _apply(conn, settings, local)
-    streaming = bool(context is not None and context.execution_options.get("stream_results"))
-    if previous and not streaming:
-        conn.info[_RESTORE_KEY] = (previous, local)
-
-
-@event.listens_for(Engine, "after_cursor_execute")
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> None:
-    pending = conn.info.pop(_RESTORE_KEY, None)
-    if pending is not None:
-        previous, local = pending
-        _restore(conn, previous, local)
-
-
-@event.listens_for(Engine, "handle_error")
-def _handle_error(context: ExceptionContext) -> None:
-    """After a failed search: a transaction's rollback undoes local settings; put back
-    session-level ones ourselves."""
-    conn = context.connection
-    if conn is None:
-        return
-    pending = conn.info.pop(_RESTORE_KEY, None)
-    if pending is None:
-        return
-    previous, local = pending
-    if not local and not context.is_disconnect:
-        _restore(conn, previous, local)

@@ -3,6 +3,8 @@
 With psycopg 3 the vector travels as ``vector_recv``/``halfvec_recv`` bytes (a 4-byte header,
 then big-endian floats) with an unspecified type that PostgreSQL infers from the surrounding
 ``CAST``: no float formatting or parsing on either side. Other drivers get pgvector's text form.
+The binary dumper is registered on each psycopg connection the first time a search runs on it
+(:func:`prepare_connection`), never process-wide, so no other code's adaptation changes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from pgvector import HalfVector, Vector
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from mrl_pg.errors import QueryVectorError
@@ -75,7 +76,18 @@ class BinaryQueryVectorDumper(Dumper):
         return obj.payload
 
 
-psycopg.adapters.register_dumper(BinaryQueryVector, BinaryQueryVectorDumper)
+_DUMPER_KEY = "mrl_pg_binary_query_vector"
+
+
+def prepare_connection(conn: Connection) -> None:
+    """Teach a psycopg connection to send :class:`BinaryQueryVector`, once per DBAPI
+    connection (``Connection.info`` lives as long as it does)."""
+    if conn.dialect.driver != "psycopg" or _DUMPER_KEY in conn.info:
+        return
+    conn.connection.dbapi_connection.adapters.register_dumper(  # type: ignore[union-attr]
+        BinaryQueryVector, BinaryQueryVectorDumper
+    )
+    conn.info[_DUMPER_KEY] = True
 
 
 class QueryVectorType(UserDefinedType[Any]):

@@ -12,23 +12,33 @@ it from the prefix's HNSW index; the outer one reranks the candidates by the exa
 the full vectors. The query vector is bound once and its prefix computed in SQL. With several
 prefixes named, coarse to fine (say a ``bit`` prefix, then a ``halfvec`` one), each further
 stage narrows the previous one's candidates before the final rerank.
+
+The statement is a :class:`~mrl_pg.search.search_select.SearchSelect`, which makes its pgvector
+settings while it runs. Statements are built once per target and options (a template without
+the query vector), then reused with the new values bound; the templates are keyed on
+:func:`~mrl_pg.prefix.declare.prefix_generation`, so a prefix declared later is seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any, TypeAlias
 
-from sqlalchemy import BindParameter, Label, Select, Table, bindparam, cast, inspect
+from sqlalchemy import BindParameter, Column, Label, Select, Table, bindparam, cast, inspect
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.sql.elements import KeyedColumnElement
 from sqlalchemy.sql.selectable import Alias, FromClause, Join, Subquery
 
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
-from mrl_pg.prefix.declare import Prefix, prefixes_of
+from mrl_pg.prefix.declare import (
+    INFO_KEY,
+    Prefix,
+    PrefixDeclaration,
+    prefix_generation,
+    prefixes_of,
+)
 from mrl_pg.prefix.spec import FullVector
 from mrl_pg.search.defaults import (
     IterativeScan,
@@ -36,8 +46,9 @@ from mrl_pg.search.defaults import (
     check_positive_int,
     statement_settings,
 )
-from mrl_pg.search.hnsw_settings import SETTINGS_OPTION, Settings
+from mrl_pg.search.hnsw_settings import Settings
 from mrl_pg.search.query_vector import QueryLike, QueryVectorType, as_query_array
+from mrl_pg.search.search_select import SearchSelect
 
 #: Name of the bound query vector, and of the distance column in results.
 QUERY_PARAM = "mrl_query"
@@ -60,31 +71,54 @@ class SearchOptions:
     max_scan_tuples: int | None = None
 
     def frozen(self) -> SearchOptions | None:
-        """A hashable copy (sequences as tuples), or None when a choice is not hashable."""
+        """A hashable copy to key statement templates on: sequences as tuples, and prefixes
+        given as attributes or columns named by their column key, so that ``Model.prefix`` and
+        ``"prefix"`` share a template. None when a prefix choice is neither."""
         prefix = _as_tuple(self.prefix)
         candidates = _as_tuple(self.candidates)
-        parts = prefix if isinstance(prefix, tuple) else (prefix,)
-        if not all(part is None or isinstance(part, str) for part in parts):
-            return None
+        if isinstance(prefix, tuple):
+            names = tuple(_prefix_key(part) for part in prefix)
+            if None in names:
+                return None
+            prefix = names
+        elif prefix is not None:
+            prefix = _prefix_key(prefix)
+            if prefix is None:
+                return None
         return replace(self, prefix=prefix, candidates=candidates)
+
+
+def _prefix_key(choice: PrefixChoice) -> str | None:
+    """The name a prefix choice stands for: itself for a string, the column key for a prefix
+    column or a mapped attribute of one; None for anything else."""
+    if isinstance(choice, str):
+        return choice
+    mapped: Any = getattr(choice, "property", None)
+    column = mapped.columns[0] if hasattr(mapped, "columns") else choice
+    if isinstance(column, Column) and isinstance(column.info.get(INFO_KEY), PrefixDeclaration):
+        return str(column.key)
+    return None
 
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """The parts of a search statement: what to select, how to order, what to set."""
+    """The parts of a search statement: what to select, how to order, what to set.
+
+    ``names_unique`` says whether each chosen prefix is the only one of its name among the
+    searched tables, so that naming it picks the same prefix as passing its attribute."""
 
     columns: list[Any]
     distance: Label[float]
     k: int
     settings: Settings
     full: FullVector
+    names_unique: bool
 
-    def select(self) -> Select[Any]:
+    def select(self) -> SearchSelect:
         return (
-            sql_select(*self.columns, self.distance)
+            SearchSelect(*self.columns, self.distance, settings=self.settings)
             .order_by(self.distance)
             .limit(self.k)
-            .execution_options(**{SETTINGS_OPTION: self.settings})
         )
 
 
@@ -99,7 +133,7 @@ def mrl_search(
     ef_search: int | None = None,
     iterative_scan: IterativeScan | str | None = None,
     max_scan_tuples: int | None = None,
-) -> Select[Any]:
+) -> SearchSelect:
     """Nearest neighbours of ``query``: a ``Select`` of the target's entities (or columns)
     plus a ``distance`` column, the exact full-dimension distance, nearest first.
 
@@ -129,50 +163,48 @@ def mrl_search(
     frozen = options.frozen()
     if frozen is None:
         return plan_search(_base_select(target), query, options).select()
+    generation = prefix_generation()  # read before anything is built from the prefixes
+    binds: tuple[BindParameter[Any], ...] = ()
     if isinstance(target, Select):
-        return _from_select_template(target, frozen, query)
-    template, full = _template(target, frozen)
-    return template.params({QUERY_PARAM: as_query_array(query, full)})
-
-
-@lru_cache(maxsize=512)
-def _template(target: type | Table, options: SearchOptions) -> tuple[Select[Any], FullVector]:
-    plan = plan_search(_base_select(target), None, options)
-    return plan.select(), plan.full
-
-
-#: Search statements for ``select()`` targets, by the select's structure (its SQLAlchemy cache
-#: key, which leaves out bound values) and the options; with the template's own bound
-#: parameters, in the order the cache key lists them.
-_SELECT_TEMPLATES: dict[
-    tuple[Any, SearchOptions], tuple[Select[Any], FullVector, list[BindParameter[Any]]]
-] = {}
-_SELECT_TEMPLATES_MAX = 512
-
-
-def _from_select_template(
-    base: Select[Any], options: SearchOptions, query: QueryLike
-) -> Select[Any]:
-    """The search over ``base`` from a template built for an earlier select of the same shape,
-    with ``base``'s own bound values (a tenant id, a date) put in place of the earlier ones."""
-    cache_key = base._generate_cache_key()
-    if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
-        return plan_search(base, query, options).select()
-    slot = (cache_key.key, options)
-    cached = _SELECT_TEMPLATES.get(slot)
-    if cached is None:
-        plan = plan_search(base, None, options)
-        cached = (plan.select(), plan.full, list(cache_key.bindparams))
-        if len(_SELECT_TEMPLATES) >= _SELECT_TEMPLATES_MAX:
-            _SELECT_TEMPLATES.clear()
-        _SELECT_TEMPLATES[slot] = cached
-    template, full, template_binds = cached
+        cache_key = target._generate_cache_key()
+        if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
+            return plan_search(target, query, options).select()
+        slot: tuple[Any, ...] = (generation, cache_key.key, frozen)
+        binds = tuple(cache_key.bindparams)
+    else:
+        slot = (generation, target, frozen)
+    template = _TEMPLATES.get(slot)
+    if template is None:
+        plan = plan_search(_base_select(target), None, options)
+        template = _Template(plan.select(), plan.full, binds)
+        if plan.names_unique:
+            if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                _TEMPLATES.clear()
+            _TEMPLATES[slot] = template
     values = {
-        old.key: new.effective_value
-        for old, new in zip(template_binds, cache_key.bindparams, strict=True)
+        old.key: new.effective_value for old, new in zip(template.binds, binds, strict=True)
     }
-    values[QUERY_PARAM] = as_query_array(query, full)
-    return template.params(values)
+    values[QUERY_PARAM] = as_query_array(query, template.full)
+    return template.statement.params(values)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A search statement without its query vector, the full vector it expects, and for a
+    ``select()`` target the select's own bound parameters in the order its cache key lists
+    them (a later select of the same shape lists its values in the same order)."""
+
+    statement: SearchSelect
+    full: FullVector
+    binds: tuple[BindParameter[Any], ...]
+
+
+#: Templates by prefix generation, target (a model or ``Table`` itself, or a ``select()``'s
+#: SQLAlchemy cache key, which leaves out bound values) and frozen options. A template whose
+#: prefix name is ambiguous in its target is not kept: an attribute choice (which picks one
+#: table's prefix) and a name choice (the first one) would then mean different prefixes.
+_TEMPLATES: dict[tuple[Any, ...], _Template] = {}
+_TEMPLATES_MAX = 1024
 
 
 def plan_search(
@@ -189,7 +221,8 @@ def plan_search(
             "the select to search already has ORDER BY or LIMIT; mrl_search adds its own"
         )
     filtered, froms = _filtering(base)
-    stages = _choose_stages(froms, options.prefix)
+    available = [p for f in froms for p in _prefixes_in(f)]
+    stages = _choose_stages(available, froms, options.prefix)
     counts = candidate_counts(stages, k, options.candidates, options.oversample, filtered)
     settings = statement_settings(
         counts[0], filtered, options.ef_search, options.iterative_scan, options.max_scan_tuples
@@ -228,7 +261,19 @@ def plan_search(
         .label(DISTANCE_LABEL)
     )
     columns = [_rebind(description, candidates_so_far) for description in base.column_descriptions]
-    return SearchPlan(columns=columns, distance=distance, k=k, settings=settings, full=full)
+    names_unique = all(
+        sum(name in (p.name, p.column.key) for p in available) == 1
+        for stage in stages
+        for name in (stage.name, stage.column.key)
+    )
+    return SearchPlan(
+        columns=columns,
+        distance=distance,
+        k=k,
+        settings=settings,
+        full=full,
+        names_unique=names_unique,
+    )
 
 
 def _as_tuple(value: Any) -> Any:
@@ -281,9 +326,10 @@ def _prefixes_in(from_clause: FromClause) -> Iterator[Prefix]:
 
 
 def _choose_stages(
-    froms: Sequence[FromClause], choice: PrefixChoice | Sequence[PrefixChoice] | None
+    available: list[Prefix],
+    froms: Sequence[FromClause],
+    choice: PrefixChoice | Sequence[PrefixChoice] | None,
 ) -> list[Prefix]:
-    available = [p for f in froms for p in _prefixes_in(f)]
     where = ", ".join(sorted({str(getattr(f, "name", f)) for f in froms}))
     if not available:
         raise PrefixSelectionError(
