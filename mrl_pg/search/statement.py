@@ -35,7 +35,6 @@ from mrl_pg.errors import PrefixSelectionError, SearchParameterError
 from mrl_pg.prefix.declare import (
     INFO_KEY,
     Prefix,
-    PrefixDeclaration,
     prefix_generation,
     prefixes_of,
 )
@@ -95,7 +94,7 @@ def _prefix_key(choice: PrefixChoice) -> str | None:
         return choice
     mapped: Any = getattr(choice, "property", None)
     column = mapped.columns[0] if hasattr(mapped, "columns") else choice
-    if isinstance(column, Column) and isinstance(column.info.get(INFO_KEY), PrefixDeclaration):
+    if isinstance(column, Column) and isinstance(column.info.get(INFO_KEY), Prefix):
         return str(column.key)
     return None
 
