@@ -1,7 +1,7 @@
 """Search settings on servers whose pgvector lacks some of them, and on a database without
 pgvector. An older pgvector's missing setting behaves as any ``hnsw.*`` name this pgvector
-does not define: PostgreSQL drops it with a server warning while the library is not loaded
-yet, and refuses it afterwards."""
+does not define: once the library is loaded, PostgreSQL refuses to set it. The tests add such a
+name to the settings every search makes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from sqlalchemy import Engine, create_engine, func, make_url, text
 from sqlalchemy.exc import ProgrammingError
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
-from mrl_pg.search.hnsw_settings import Settings
+from mrl_pg.search import hnsw_settings
+from mrl_pg.search.hnsw_settings import MANAGED, Settings, settings_subquery
 from mrl_pg.search.search_select import SearchSelect
 from mrl_pg.sql import install
 
@@ -22,17 +23,23 @@ SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")
 
 def showing_ef_search(settings: Settings) -> SearchSelect:
     """A search statement in all but the search: it makes ``settings`` and shows one."""
-    return SearchSelect(func.current_setting("hnsw.ef_search"), settings=settings)
+    shown = func.current_setting("hnsw.ef_search")
+    return SearchSelect(shown, settings=settings).select_from(settings_subquery(settings))
 
 
-def test_a_setting_the_servers_pgvector_lacks_is_left_out_with_a_warning(engine: Engine) -> None:
+def test_a_setting_the_servers_pgvector_lacks_is_left_out_with_a_warning(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hnsw_settings, "MANAGED", (*MANAGED, "hnsw.not_in_this_pgvector"))
     settings = (("hnsw.ef_search", "77"), ("hnsw.not_in_this_pgvector", "on"))
     searching = showing_ef_search(settings)
     with engine.connect() as conn:
-        for _ in range(2):  # the library is loaded after the first time
+        for _ in range(2):
             with pytest.warns(PgvectorFeatureWarning, match=r"no hnsw\.not_in_this_pgvector "):
                 assert conn.execute(searching).scalar_one() == "77"
         assert conn.execute(SHOW_EF_SEARCH).scalar_one() == "40"
+        with pytest.raises(ProgrammingError, match=r"hnsw\.not_in_this_pgvector"):
+            conn.execute(text("SELECT set_config('hnsw.not_in_this_pgvector', 'on', true)"))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Select,
+    create_engine,
     event,
     func,
     select,
@@ -43,8 +44,8 @@ import mrl_pg
 from mrl_pg import MRLQuery, MRLSearchMixin, mrl_prefix, mrl_search
 from mrl_pg.search.query_vector import BinaryQueryVector
 from mrl_pg.search.search_select import SearchSelect
+from mrl_pg.tools.server import scratch_schema
 from mrl_pg.tools.synthetic import mrl_like_vectors, queries_near
-from tests.conftest import schema_engine
 from tests.data import create_and_load
 
 ROWS = 3_000
@@ -73,7 +74,11 @@ class Point(MRLSearchMixin, Base):
 
 @pytest.fixture(scope="module")
 def points_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
-    with schema_engine(database_url, server_engine) as engine:
+    """The points, on connections that never plan a sequential scan: on a table this small
+    PostgreSQL may otherwise rank exactly, which would hide whether ``ef_search`` applied."""
+    with scratch_schema(
+        database_url, "t", admin=server_engine, options="-c enable_seqscan=off"
+    ) as engine:
         table: Any = Point.__table__
         create_and_load(engine, table, "embedding", VECTORS, {"id": list(range(ROWS))})
         yield engine
@@ -164,14 +169,14 @@ def test_every_way_of_running_a_search_applies_its_settings(
 
 
 def test_scalar_results_apply_the_settings_too(points_engine: Engine) -> None:
-    settings = (("hnsw.ef_search", "77"),)
-    shown = SearchSelect(func.current_setting("hnsw.ef_search"), settings=settings)
-    orm_shown = SearchSelect(Point.id, func.current_setting("hnsw.ef_search"), settings=settings)
+    shown = select(func.current_setting("hnsw.ef_search").label("ef"), Point.id)
+    search = mrl_search(shown, QUERY, k=5, ef_search=77)
     with points_engine.connect() as conn:
-        assert conn.scalar(shown) == "77"
+        assert conn.scalar(search) == "77"
+        assert set(conn.scalars(search).all()) == {"77"}
     with Session(points_engine) as session:
-        assert session.scalar(shown) == "77"
-        assert session.execute(orm_shown.where(Point.id == 1)).one() == (1, "77")
+        assert session.scalar(search) == "77"
+        assert {row.ef for row in session.execute(search)} == {"77"}
 
 
 def test_the_legacy_query_applies_its_settings(points_engine: Engine) -> None:
@@ -195,6 +200,7 @@ def test_a_search_embedded_in_a_search_select(points_engine: Engine) -> None:
     with points_engine.connect() as conn:
         conn.invalidate()  # a new DBAPI connection, on which no search has run
         assert conn.scalar(counted.select_from(search.subquery())) == 100
+        assert conn.execute(EF_SEARCH).scalar_one() == "40", "put back before the next statement"
 
 
 def test_statement_caching_still_works(points_engine: Engine) -> None:
@@ -254,34 +260,68 @@ def test_the_listener_probe_sees_class_level_listeners(points_engine: Engine) ->
     before_cursor_execute.__module__ = "mrl_pg.search.hnsw_settings"
     event.listen(Engine, "before_cursor_execute", before_cursor_execute)
     try:
-        assert mrl_pg_listeners(points_engine) == [
-            f"before_cursor_execute: {before_cursor_execute!r}"
-        ]
+        assert f"before_cursor_execute: {before_cursor_execute!r}" in mrl_pg_listeners(
+            points_engine
+        )
     finally:
         event.remove(Engine, "before_cursor_execute", before_cursor_execute)
-    assert mrl_pg_listeners(points_engine) == []
 
 
-def test_statements_that_are_not_searches_run_no_mrl_pg_code(points_engine: Engine) -> None:
+RESTORE_LISTENERS = {"before_cursor_execute", "commit", "rollback"}
+
+
+def test_only_engines_that_search_in_transactions_get_listeners(
+    database_url: str, points_engine: Engine
+) -> None:
+    """Autocommit searches need nothing after them; a search in a transaction has the next
+    statement that is not a search put its settings back, through listeners registered on
+    that engine (never on a class) the first time."""
+    with (
+        scratch_schema(database_url, "t") as other,
+        points_engine.connect() as conn,
+    ):
+        conn.execute(Point.mrl_search(QUERY, **WIDE)).all()
+        assert {name.split(":")[0] for name in mrl_pg_listeners(points_engine)} == (
+            RESTORE_LISTENERS
+        )
+        assert mrl_pg_listeners(other) == []
+    autocommit_only = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with scratch_schema(database_url, "t", admin=autocommit_only) as engine:
+        table: Any = Point.__table__
+        create_and_load(engine, table, "embedding", VECTORS[:100], {"id": list(range(100))})
+        searching = engine.execution_options(isolation_level="AUTOCOMMIT")
+        with searching.connect() as conn:
+            assert len(conn.execute(Point.mrl_search(QUERY, k=5)).all()) == 5
+        assert mrl_pg_listeners(engine) == []
+    autocommit_only.dispose()
+
+
+def test_statements_that_are_not_searches_see_nothing_and_pay_a_flag_check(
+    points_engine: Engine,
+) -> None:
     table: Any = Point.__table__
     plain = select(table.c.id).where(table.c.id < 3)
+    restore_check = {f"{PACKAGE}/search/hnsw_settings.py:_restore_if_pending"}
     with points_engine.connect() as conn:
         user_ef_search(conn)
         assert mrl_pg_calls(lambda: conn.execute(Point.mrl_search(QUERY, **WIDE)).all()), (
             "the probe sees a search's own calls"
         )
-        assert mrl_pg_calls(lambda: conn.execute(EF_SEARCH).scalar_one()) == []
-        assert mrl_pg_calls(lambda: conn.execute(plain).all()) == []
-        assert conn.execute(EF_SEARCH).scalar_one() == "33"  # same transaction
+        assert conn.execute(EF_SEARCH).scalar_one() == "33"  # same transaction, put back
+        assert set(mrl_pg_calls(lambda: conn.execute(plain).all())) == restore_check
+        conn.execute(Point.mrl_search(QUERY, **WIDE)).all()
+        conn.execute(Point.mrl_search(QUERY, **CAPPED)).all()
+        assert conn.execute(EF_SEARCH).scalar_one() == "33"
     with Session(points_engine) as session:
         session.execute(Point.mrl_search(QUERY, **WIDE)).all()
-        assert mrl_pg_calls(lambda: session.execute(select(Point).limit(2)).all()) == []
+        assert session.execute(EF_SEARCH).scalar_one() == "40"
+        assert set(mrl_pg_calls(lambda: session.execute(select(Point).limit(2)).all())) == (
+            restore_check
+        )
     with points_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         user_ef_search(conn)
         conn.execute(Point.mrl_search(QUERY, **WIDE)).all()
-        assert mrl_pg_calls(lambda: conn.execute(EF_SEARCH).scalar_one()) == []
         assert conn.execute(EF_SEARCH).scalar_one() == "33"
-    assert mrl_pg_listeners(points_engine) == []
 
 
 def test_settings_outlive_a_streamed_search_until_the_end_of_its_transaction(
@@ -295,6 +335,8 @@ def test_settings_outlive_a_streamed_search_until_the_end_of_its_transaction(
         assert session.execute(EF_SEARCH).scalar_one() == "200"
         session.commit()
         assert session.execute(EF_SEARCH).scalar_one() == "33"
+        assert len(session.execute(Point.mrl_search(QUERY, **WIDE)).all()) == 100
+        assert session.execute(EF_SEARCH).scalar_one() == "33", "not streamed: put back"
 
 
 def test_psycopg_adaptation_changes_only_on_connections_that_searched(

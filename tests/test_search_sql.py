@@ -35,13 +35,15 @@ def test_two_stage_shape() -> None:
     assert text.startswith(
         "SELECT mrl_candidates_0.id, mrl_candidates_0.tenant, mrl_candidates_0.title, "
         "mrl_candidates_0.mrl_full <=> CAST(%(mrl_query)s AS VECTOR(768)) AS distance "
-        "FROM (SELECT docs.id AS id, "
+        "FROM (SELECT concat(set_config("
     )
+    assert "IS NOT NULL AS mrl_applied) AS mrl_settings JOIN LATERAL (SELECT docs.id AS id, " in text
     assert text.endswith(
         "docs.embedding AS mrl_full FROM docs WHERE docs.tenant = %(tenant_1)s::INTEGER "
+        "AND mrl_settings.mrl_applied "
         "ORDER BY docs.cosine_halfvec <=> CAST(subvector(CAST(%(mrl_query)s AS VECTOR(768)), "
         "%(subvector_1)s::INTEGER, %(subvector_2)s::INTEGER) AS HALFVEC(128)) "
-        "LIMIT %(param_1)s::INTEGER) AS mrl_candidates_0 "
+        "LIMIT %(param_1)s::INTEGER) AS mrl_candidates_0 ON true "
         "ORDER BY distance LIMIT %(param_2)s::INTEGER"
     )
     assert text.count("%(mrl_query)s") == 2, "one query parameter, used by both stages"
@@ -61,7 +63,7 @@ def test_funnel_shape() -> None:
     stmt = Doc.mrl_search(QUERY, k=10, prefix=["cosine_bit", "cosine_halfvec"], candidates=[400, 40])
     text = sql(stmt, literal=True)
     assert "ORDER BY docs.cosine_bit <~> CAST(binary_quantize(" in text
-    assert "LIMIT 400) AS mrl_candidates_0 ORDER BY mrl_candidates_0.mrl_stage_1 <=> CAST(" in text
+    assert "LIMIT 400) AS mrl_candidates_0 ON true ORDER BY mrl_candidates_0.mrl_stage_1 <=> CAST(" in text
     assert "LIMIT 40) AS mrl_candidates_1 ORDER BY distance LIMIT 10" in text
     assert dict(stmt.search_settings)["hnsw.ef_search"] == "400"
 

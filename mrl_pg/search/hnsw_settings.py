@@ -1,99 +1,181 @@
-"""Per-statement pgvector settings (``hnsw.ef_search``, ``hnsw.iterative_scan``, ...).
+"""How a search's pgvector settings (``hnsw.ef_search``, ``hnsw.iterative_scan``, ...) reach
+the server: inside the search statement itself.
 
-A search statement (:class:`~mrl_pg.search.search_select.SearchSelect`) carries the settings
-it needs and runs itself through :func:`run_with_settings`: right before the statement they are
-set with ``set_config``, local to the transaction, and right after it the ones that changed are
-put back, so the next statement on the connection (pooled or not, in the same transaction or
-not) sees the values it saw before. On a connection in autocommit mode the settings are made at
-session level and put back after the statement, or after its error. Statements that are not
-searches never reach this module: no event listener is registered anywhere.
+Every search statement joins a one-row subquery, ``mrl_settings``, that makes its settings
+with ``set_config(..., true)``, and its first stage is a ``LATERAL`` subquery gated on that row,
+so PostgreSQL makes the settings before the index scan starts (pgvector reads them when the
+scan begins). Settings and search are one statement, so:
 
-Streaming results (``stream_results``/``yield_per``) fetch rows after the statement has
-"executed", so their settings are left in place until the end of the transaction instead.
+- a search costs one round trip, settings included;
+- a transaction pooler (PgBouncer in ``pool_mode = transaction``) cannot send them to different
+  server connections;
+- on an autocommit connection the settings end with the statement, whose implicit transaction
+  they are local to: nothing is ever set for the session, nothing needs putting back.
+
+Inside a transaction, local settings would last until it ends. Before overwriting a setting,
+the statement keeps its value in a placeholder setting (``mrl_pg.hnsw_ef_search`` for
+``hnsw.ef_search``, also local to the transaction), once per transaction; settings the search
+leaves alone are set back to that kept value, so a search never inherits an earlier one's. The
+next statement on the same engine that is not a search first puts every kept value back, in a
+statement of its own (:func:`restore_before_next_statement`); a search after a search needs no
+such statement. Streaming searches (``stream_results``/``yield_per``) read rows after they
+return, so their settings stay until the transaction ends.
 
 Which ``hnsw.*`` settings the server has is asked once per connection: an older pgvector
-lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names
-under its prefix once the library is loaded, but silently drops them before. Settings the
-server lacks are left out, with a :class:`~mrl_pg.errors.PgvectorFeatureWarning`.
+lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names under
+its prefix once the library is loaded. A setting the server lacks is left out, with a
+:class:`~mrl_pg.errors.PgvectorFeatureWarning`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
+from weakref import WeakSet
 
-from sqlalchemy.engine import Connection
+from sqlalchemy import ColumnElement, String, Subquery, bindparam, event, func, select, true
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
-
-_KNOWN_KEY = "mrl_pg_pgvector_settings"
-_PGVECTOR_PREFIX = "hnsw."
 
 #: ``(setting, value)`` pairs, in the order they are made.
 Settings = tuple[tuple[str, str], ...]
 
-_Result = TypeVar("_Result")
+#: The settings every search makes, in the order of the statement's slots.
+MANAGED = (
+    "hnsw.ef_search",
+    "hnsw.iterative_scan",
+    "hnsw.max_scan_tuples",
+    "hnsw.scan_mem_multiplier",
+)
+_SETTINGS_SUBQUERY = "mrl_settings"
+_APPLIED = "mrl_applied"
+_KNOWN_KEY = "mrl_pg_pgvector_settings"
+_PENDING_KEY = "mrl_pg_restore_pending"
+_PGVECTOR_PREFIX = "hnsw."
 
 
-def run_with_settings(
-    conn: Connection, settings: Settings, streaming: bool, execute: Callable[[], _Result]
-) -> _Result:
-    """``execute()`` (one statement on ``conn``) with ``settings`` in effect; see the module
-    docstring for how long they last. The transaction SQLAlchemy would begin for the statement
-    is begun first, so that the settings live in the same one."""
-    if not settings:
-        return execute()
-    if not conn.in_transaction():
-        conn.begin()
-    local = not getattr(_dbapi_connection(conn), "autocommit", False)
-    previous = _apply(conn, settings, local)
-    try:
-        result = execute()
-    except BaseException:
-        # A transaction's rollback undoes local settings; session-level ones are ours to undo.
-        if previous and not local and not conn.invalidated:
-            _restore(conn, previous, local)
-        raise
-    if previous and not streaming:
-        _restore(conn, previous, local)
-    return result
+def kept_as(name: str) -> str:
+    """The placeholder setting that keeps ``name``'s value from before a search."""
+    return "mrl_pg." + name.replace(".", "_")
 
 
-def streams_results(*option_sets: Mapping[str, Any]) -> bool:
-    """Whether execution options, merged in the order given (later ones win), fetch rows
-    after the statement returns (``stream_results``, or ``yield_per`` which implies it)."""
-    merged: dict[str, Any] = {}
-    for options in option_sets:
-        merged.update(options)
-    return bool(merged.get("stream_results") or merged.get("yield_per"))
+def settings_subquery(settings: Settings) -> Subquery:
+    """The one-row subquery that makes ``settings`` (and puts the other managed ones back to
+    their kept values) when PostgreSQL reads it. Its ``mrl_applied`` column is true; gating
+    the first stage on it orders the settings before the index scan.
+
+    Names and values are bound parameters, with ``settings`` as their values, so that a
+    connection whose pgvector lacks a setting can bind other ones
+    (:func:`parameters_for`)."""
+    wanted = dict(settings)
+    calls: list[ColumnElement[Any]] = []
+    for slot, name in enumerate(MANAGED):
+        setting = bindparam(f"mrl_setting_{slot}", name, type_=String)
+        kept = bindparam(f"mrl_kept_{slot}", kept_as(name), type_=String)
+        value = bindparam(f"mrl_value_{slot}", wanted.get(name), type_=String)
+        earlier = func.nullif(func.current_setting(kept, true()), "")
+        calls.append(
+            func.set_config(kept, func.coalesce(earlier, func.current_setting(setting)), true())
+        )
+        calls.append(
+            func.set_config(setting, func.coalesce(value, func.current_setting(kept)), true())
+        )
+    applied = func.concat(*calls).is_not(None).label(_APPLIED)
+    return select(applied).subquery(_SETTINGS_SUBQUERY)
 
 
+def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
+    """Bound values that replace the statement's own for ``conn``: none when the server has
+    every managed setting; otherwise each missing one's slot makes ``hnsw.ef_search`` again
+    (a harmless repeat), with a warning if the search asked for a missing setting."""
+    known = pgvector_settings(conn)
+    missing = [name for name in MANAGED if name not in known]
+    if not missing:
+        return {}
+    asked = [name for name, _ in settings if name in missing]
+    if asked:
+        warnings.warn(
+            f"the database's pgvector has no {', '.join(asked)} (pgvector 0.8 added iterative"
+            " index scans): the search runs without, and a filtered one may return fewer than"
+            " k rows; ALTER EXTENSION vector UPDATE after upgrading pgvector",
+            PgvectorFeatureWarning,
+            stacklevel=3,
+        )
+    ef_search = dict(settings).get(MANAGED[0])
+    replaced: dict[str, Any] = {}
+    for slot, name in enumerate(MANAGED):
+        if name in missing:
+            replaced[f"mrl_setting_{slot}"] = MANAGED[0]
+            replaced[f"mrl_kept_{slot}"] = kept_as(MANAGED[0])
+            replaced[f"mrl_value_{slot}"] = ef_search
+    return replaced
 
-def _placeholders(conn: Connection, count: int) -> list[str]:
-    """``count`` positional parameter markers in the driver's style: ``$1, $2, ...`` for
-    asyncpg, ``%s`` for psycopg and the other format-style drivers."""
-    if conn.dialect.paramstyle == "numeric_dollar":
-        return [f"${i}" for i in range(1, count + 1)]
-    return ["%s"] * count
+
+def with_parameters(
+    distilled_params: list[Mapping[str, Any]], extra: Mapping[str, Any]
+) -> list[Mapping[str, Any]]:
+    """The statement's parameter sets with ``extra`` added to each."""
+    if not extra:
+        return distilled_params
+    return [{**params, **extra} for params in distilled_params] or [dict(extra)]
 
 
-def _set_sql(markers: list[str]) -> str:
-    """Read each setting's current value, then set it; one round trip for all of them."""
+def in_transaction_block(conn: Connection) -> bool:
+    """Whether statements on ``conn`` run inside a transaction block (not autocommit)."""
+    return not getattr(conn.connection.dbapi_connection, "autocommit", False)
+
+
+def restore_before_next_statement(conn: Connection) -> None:
+    """Have the next statement on ``conn``'s DBAPI connection that is not a search put the
+    kept settings back first, unless the transaction ends before. The listeners that do it
+    are registered once per engine, the first time a search there needs them."""
+    engine = conn.engine
+    if engine not in _RESTORING_ENGINES:
+        event.listen(engine, "before_cursor_execute", _restore_if_pending)
+        event.listen(engine, "commit", _forget_pending)
+        event.listen(engine, "rollback", _forget_pending)
+        _RESTORING_ENGINES.add(engine)
+    conn.info[_PENDING_KEY] = True
+
+
+_RESTORING_ENGINES: WeakSet[Engine] = WeakSet()
+
+
+def is_search(context: ExecutionContext | None) -> bool:
+    """Whether the statement of ``context`` is a search, which makes its own settings."""
+    statement = getattr(context, "invoked_statement", None)
+    return getattr(statement, "makes_own_settings", False) is True
+
+
+def _restore_if_pending(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    if not conn.info.get(_PENDING_KEY) or is_search(context):
+        return
+    del conn.info[_PENDING_KEY]
+    known = [name for name in MANAGED if name in pgvector_settings(conn)]
+    markers = _placeholders(conn, 4 * len(known))
     parts = [
-        f"current_setting({name}, true), set_config({same}, {value}, {local})"
-        for name, same, value, local in zip(*[iter(markers)] * 4, strict=True)
+        f"set_config({name}, coalesce(nullif(current_setting({kept}, true), ''), "
+        f"current_setting({same})), true), set_config({kept_again}, '', true)"
+        for name, kept, same, kept_again in zip(*[iter(markers)] * 4, strict=True)
     ]
-    return "SELECT " + ", ".join(parts)
+    values: list[str] = []
+    for name in known:
+        values += [name, kept_as(name), name, kept_as(name)]
+    _run(conn, "SELECT " + ", ".join(parts), values)
 
 
-def _restore_sql(markers: list[str]) -> str:
-    """Put settings back; a NULL value (the setting did not exist yet) resets it."""
-    parts = [
-        f"set_config({name}, {value}, {local})"
-        for name, value, local in zip(*[iter(markers)] * 3, strict=True)
-    ]
-    return "SELECT " + ", ".join(parts)
+def _forget_pending(conn: Connection) -> None:
+    conn.info.pop(_PENDING_KEY, None)
 
 
 def pgvector_settings(conn: Connection) -> frozenset[str]:
@@ -124,57 +206,26 @@ def pgvector_settings(conn: Connection) -> frozenset[str]:
     return known
 
 
-def _supported(conn: Connection, settings: Settings) -> Settings:
-    """``settings`` without the pgvector ones the server lacks, which are warned about."""
-    if not any(name.startswith(_PGVECTOR_PREFIX) for name, _ in settings):
-        return settings
-    known = pgvector_settings(conn)
-    missing = [
-        name for name, _ in settings if name.startswith(_PGVECTOR_PREFIX) and name not in known
-    ]
-    if not missing:
-        return settings
-    warnings.warn(
-        f"the database's pgvector has no {', '.join(missing)} (pgvector 0.8 added iterative"
-        " index scans): the search runs without, and a filtered one may return fewer than k"
-        " rows; ALTER EXTENSION vector UPDATE after upgrading pgvector",
-        PgvectorFeatureWarning,
-        stacklevel=2,
-    )
-    return tuple((name, value) for name, value in settings if name not in missing)
-
-
-def _apply(conn: Connection, settings: Settings, local: bool) -> list[tuple[str, str | None]]:
-    """Make ``settings``; returns the previous value of each one that changed."""
-    settings = _supported(conn, settings)
-    if not settings:
-        return []
-    params: list[Any] = []
-    for name, value in settings:
-        params += [name, name, value, local]
+def _run(conn: Connection, sql: str, values: list[str]) -> None:
+    """One statement of mrl_pg's own on the DBAPI connection; with psycopg's synchronous
+    driver never prepared (a pooler in transaction mode cannot follow prepared statements
+    across server connections)."""
     helper = _dbapi_connection(conn).cursor()
     try:
-        helper.execute(_set_sql(_placeholders(conn, len(params))), params)
-        row = helper.fetchone()
+        if conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
+            helper.execute(sql, values, prepare=False)
+        else:
+            helper.execute(sql, values)
     finally:
         helper.close()
-    assert row is not None
-    return [
-        (name, row[2 * i])
-        for i, (name, value) in enumerate(settings)
-        if row[2 * i] != value
-    ]
 
 
-def _restore(conn: Connection, previous: Sequence[tuple[str, str | None]], local: bool) -> None:
-    params: list[Any] = []
-    for name, value in previous:
-        params += [name, value, local]
-    helper = _dbapi_connection(conn).cursor()
-    try:
-        helper.execute(_restore_sql(_placeholders(conn, len(params))), params)
-    finally:
-        helper.close()
+def _placeholders(conn: Connection, count: int) -> list[str]:
+    """``count`` positional parameter markers in the driver's style: ``$1, $2, ...`` for
+    asyncpg, ``%s`` for psycopg and the other format-style drivers."""
+    if conn.dialect.paramstyle == "numeric_dollar":
+        return [f"${i}" for i in range(1, count + 1)]
+    return ["%s"] * count
 
 
 def _dbapi_connection(conn: Connection) -> Any:

@@ -1,16 +1,19 @@
-"""The statement type of a search: a ``Select`` that makes its pgvector settings around its
-own execution, and nothing else's.
+"""The statement type of a search: a ``Select`` that prepares its connection, and arranges
+for its pgvector settings to be put back, around its own execution, and nothing else's.
 
 ``SearchSelect`` is an ordinary ``Select`` (``.where``, ``.limit``, ``.options``,
 ``.execution_options``, ``.params`` and the other generative methods copy it, subclass and
-settings included) that SQLAlchemy compiles and caches like any other. Only its execution
-differs: it prepares the connection for the binary query vector
-(:func:`~mrl_pg.search.query_vector.prepare_connection`) and runs with its settings in effect
-(:func:`~mrl_pg.search.hnsw_settings.run_with_settings`).
+settings included) that SQLAlchemy compiles and caches like any other. Its settings are part of
+its SQL (see :mod:`mrl_pg.search.hnsw_settings`); its execution differs only in that it
+prepares the connection for the binary query vector
+(:func:`~mrl_pg.search.query_vector.prepare_connection`), binds other settings on a server
+whose pgvector lacks some, and, inside a transaction, has the next statement that is not a
+search put the settings back first.
 
 A search embedded in another statement (``search.subquery()`` in a ``select()``, say) runs as
-part of that statement, without its settings; with psycopg, on a connection that has not run a
-search yet, its binary query vector cannot even be sent. Make the outer statement a search too::
+part of that statement: its settings last to the end of the transaction, and with psycopg, on a
+connection that has not run a search yet, its binary query vector cannot be sent. Make the
+outer statement a search too::
 
     counted = SearchSelect(func.count(), settings=search.search_settings)
     conn.scalar(counted.select_from(search.subquery()))
@@ -18,21 +21,26 @@ search yet, its binary query vector cannot even be sent. Make the outer statemen
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, CursorResult
 
-from mrl_pg.search.hnsw_settings import Settings, run_with_settings, streams_results
+from mrl_pg.search.hnsw_settings import (
+    Settings,
+    in_transaction_block,
+    parameters_for,
+    restore_before_next_statement,
+    with_parameters,
+)
 from mrl_pg.search.query_vector import prepare_connection
 
 
 class SearchSelect(Select[Any]):
-    """A ``Select`` that applies ``search_settings`` (``(setting, value)`` pairs) while it
-    runs."""
+    """A ``Select`` whose SQL makes ``search_settings`` (``(setting, value)`` pairs)."""
 
-    inherit_cache = True  # the settings are not SQL: every search of one shape shares a compile
+    inherit_cache = True  # every search of one shape shares a compile
+    makes_own_settings = True
     search_settings: Settings = ()
 
     def __init__(self, *entities: Any, settings: Settings = ()) -> None:
@@ -46,10 +54,21 @@ class SearchSelect(Select[Any]):
         # (ORM statements included) and the asyncio wrappers all run a statement by calling it.
         # tests/test_search_hooks.py fails if SQLAlchemy renames it or stops calling it.
         prepare_connection(connection)
-        streaming = streams_results(
+        params = with_parameters(
+            distilled_params, parameters_for(connection, self.search_settings)
+        )
+        result = super()._execute_on_connection(connection, params, execution_options)
+        if in_transaction_block(connection) and not _streams(
             self.get_execution_options(), connection.get_execution_options(), execution_options
-        )
-        execute = partial(
-            super()._execute_on_connection, connection, distilled_params, execution_options
-        )
-        return run_with_settings(connection, self.search_settings, streaming, execute)
+        ):
+            restore_before_next_statement(connection)
+        return result
+
+
+def _streams(*option_sets: Any) -> bool:
+    """Whether execution options, merged in the order given (later ones win), fetch rows
+    after the statement returns (``stream_results``, or ``yield_per`` which implies it)."""
+    merged: dict[str, Any] = {}
+    for options in option_sets:
+        merged.update(options)
+    return bool(merged.get("stream_results") or merged.get("yield_per"))

@@ -3,8 +3,10 @@
 ``mrl_search`` turns a model, a table or an existing ``select()`` into one SQL statement::
 
     SELECT <entities>, c.mrl_full <=> :q AS distance
-    FROM (SELECT <entities>, <full vector> AS mrl_full FROM ... WHERE <app filters>
-          ORDER BY <prefix> <=> <prefix of :q> LIMIT <candidates>) AS c
+    FROM (SELECT set_config(...) ... AS mrl_applied) AS mrl_settings
+    JOIN LATERAL (SELECT <entities>, <full vector> AS mrl_full FROM ...
+                  WHERE <app filters> AND mrl_settings.mrl_applied
+                  ORDER BY <prefix> <=> <prefix of :q> LIMIT <candidates>) AS c ON true
     ORDER BY distance LIMIT <k>
 
 The inner ``ORDER BY`` is the bare index operator on the prefix column, so PostgreSQL serves
@@ -13,10 +15,12 @@ the full vectors. The query vector is bound once and its prefix computed in SQL.
 prefixes named, coarse to fine (say a ``bit`` prefix, then a ``halfvec`` one), each further
 stage narrows the previous one's candidates before the final rerank.
 
-The statement is a :class:`~mrl_pg.search.search_select.SearchSelect`, which makes its pgvector
-settings while it runs. Statements are built once per target and options (a template without
-the query vector), then reused with the new values bound; the templates are keyed on
-:func:`~mrl_pg.prefix.declare.prefix_generation`, so a prefix declared later is seen.
+``mrl_settings`` makes the search's pgvector settings before the index scan starts (see
+:mod:`mrl_pg.search.hnsw_settings`). The statement is a
+:class:`~mrl_pg.search.search_select.SearchSelect`. Statements are built once per target and
+options (a template without the query vector), then reused with the new values bound; the
+templates are keyed on :func:`~mrl_pg.prefix.declare.prefix_generation`, so a prefix declared
+later is seen.
 """
 
 from __future__ import annotations
@@ -25,11 +29,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
-from sqlalchemy import BindParameter, Column, Label, Select, Table, bindparam, cast, inspect
+from sqlalchemy import (
+    BindParameter,
+    Column,
+    Label,
+    Select,
+    Table,
+    bindparam,
+    cast,
+    inspect,
+    true,
+)
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Mapper, aliased
 from sqlalchemy.sql.elements import KeyedColumnElement
-from sqlalchemy.sql.selectable import Alias, FromClause, Join, Subquery
+from sqlalchemy.sql.selectable import Alias, FromClause, Join, NamedFromClause
 
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
 from mrl_pg.prefix.declare import (
@@ -45,7 +59,7 @@ from mrl_pg.search.defaults import (
     check_positive_int,
     statement_settings,
 )
-from mrl_pg.search.hnsw_settings import Settings
+from mrl_pg.search.hnsw_settings import Settings, settings_subquery
 from mrl_pg.search.query_vector import QueryLike, QueryVectorType, as_query_array
 from mrl_pg.search.search_select import SearchSelect
 
@@ -107,6 +121,7 @@ class SearchPlan:
     searched tables, so that naming it picks the same prefix as passing its attribute."""
 
     columns: list[Any]
+    source: FromClause
     distance: Label[float]
     k: int
     settings: Settings
@@ -116,6 +131,7 @@ class SearchPlan:
     def select(self) -> SearchSelect:
         return (
             SearchSelect(*self.columns, self.distance, settings=self.settings)
+            .select_from(self.source)
             .order_by(self.distance)
             .limit(self.k)
         )
@@ -236,15 +252,19 @@ def plan_search(
     carried = [first.full_column.label("mrl_full")] + [
         stage.column.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
     ]
+    made = settings_subquery(settings)
     inner = (
         base.add_columns(*carried)
+        .where(made.c.mrl_applied)
         .order_by(first.spec.index_distance(first.column, first.spec.expression(query_vector)))
         .limit(counts[0])
     )
-    candidates_so_far: Subquery = inner.subquery("mrl_candidates_0")
+    candidates_so_far: NamedFromClause = inner.lateral("mrl_candidates_0")
+    source: FromClause = made.join(candidates_so_far, true())
     for i, stage in enumerate(stages[1:], start=1):
         narrowed = (
             sql_select(candidates_so_far)
+            .select_from(source)
             .order_by(
                 stage.spec.index_distance(
                     candidates_so_far.c[f"mrl_stage_{i}"], stage.spec.expression(query_vector)
@@ -252,7 +272,7 @@ def plan_search(
             )
             .limit(counts[i])
         )
-        candidates_so_far = narrowed.subquery(f"mrl_candidates_{i}")
+        candidates_so_far = source = narrowed.subquery(f"mrl_candidates_{i}")
 
     distance = (
         stages[-1]
@@ -267,6 +287,7 @@ def plan_search(
     )
     return SearchPlan(
         columns=columns,
+        source=source,
         distance=distance,
         k=k,
         settings=settings,
@@ -371,7 +392,7 @@ def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
     return matches[0]
 
 
-def _rebind(description: dict[str, Any], candidates: Subquery) -> Any:
+def _rebind(description: dict[str, Any], candidates: NamedFromClause) -> Any:
     """The outer-query counterpart of one thing the base select returns."""
     entity = description.get("entity")
     expression = description.get("expr")
