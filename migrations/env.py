@@ -10,6 +10,12 @@ from mrl_pg.tools.server import database_url
 
 url = context.config.attributes.get("url") or database_url()
 
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    """Only the demo app's own tables: the database may hold other apps' tables too."""
+    return type_ != "table" or name in metadata.tables
+
+
 if context.is_offline_mode():
     context.configure(url=url, target_metadata=metadata, literal_binds=True)
     with context.begin_transaction():
@@ -17,6 +23,8 @@ if context.is_offline_mode():
 else:
     engine = create_engine(url, poolclass=NullPool)  # each connection closes when released
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata)
+        context.configure(
+            connection=connection, target_metadata=metadata, include_name=include_name
+        )
         with context.begin_transaction():
             context.run_migrations()
