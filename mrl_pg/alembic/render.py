@@ -22,6 +22,9 @@ migration context's options, those ``env.py`` passed, are left as they were. The
 in were worse: a renderer per operation would take over how Alembic writes every table and
 column; an implementation class for ``"postgresql"`` would replace Alembic's own; a
 ``process_revision_directives`` hook can add imports but not change what is written.
+What this leans on beyond Alembic's documented API: that one ``AutogenContext`` compares and
+then renders (``tests/test_alembic_render.py`` would catch a change), and SQLAlchemy's
+``_variant_mapping``, read to tell a type with variants.
 
 Two cases keep Alembic's own rendering. A type with ``with_variant()`` variants: the file
 still gets the import, which makes ``pgvector.sqlalchemy.vector.VECTOR(...)`` resolve. And
