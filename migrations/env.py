@@ -12,6 +12,12 @@ url = context.config.attributes.get("url") or database_url()
 # A version table of its own, so the demo never reads or writes an app's alembic_version.
 VERSION_TABLE = "mrl_pg_demo_version"
 
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    """Only the demo app's own tables: the database may hold other apps' tables too."""
+    return type_ != "table" or name in metadata.tables
+
+
 if context.is_offline_mode():
     context.configure(
         url=url, target_metadata=metadata, literal_binds=True, version_table=VERSION_TABLE
@@ -22,7 +28,10 @@ else:
     engine = create_engine(url, poolclass=NullPool)  # each connection closes when released
     with engine.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=metadata, version_table=VERSION_TABLE
+            connection=connection,
+            target_metadata=metadata,
+            version_table=VERSION_TABLE,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -23,6 +23,9 @@ def setup(plugin: Any) -> None:
         "server_default",
         priority=DispatchPriority.FIRST,
     )
+    plugin.add_autogenerate_comparator(
+        _use_pgvector_rendering, "autogenerate", priority=DispatchPriority.FIRST
+    )
 
 
 def _compare_prefixes(autogen_context: Any, upgrade_ops: Any) -> Any:
@@ -35,3 +38,9 @@ def _skip_prefix_server_default(*args: Any) -> Any:
     from mrl_pg.alembic.autogen import skip_prefix_server_default
 
     return skip_prefix_server_default(*args)
+
+
+def _use_pgvector_rendering(*args: Any) -> Any:
+    from mrl_pg.alembic.render import use_pgvector_rendering
+
+    return use_pgvector_rendering(*args)

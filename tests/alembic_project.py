@@ -39,6 +39,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 import mrl_pg.alembic
+from tests.own_schema import own_tables_only
 
 sys.path.insert(0, context.config.attributes["project"])
 import models
@@ -61,7 +62,7 @@ else:
                            connect_args={"options": config.attributes["options"]})
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=models.metadata,
-                          include_object=include_object)
+                          include_name=own_tables_only(connection), include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

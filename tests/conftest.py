@@ -14,7 +14,19 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import (
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    inspect,
+    make_url,
+)
 
 from mrl_pg.tools.server import (
     create_vector_extension,
@@ -66,8 +78,42 @@ def compose_database() -> Iterator[str]:
             yield f"postgresql+psycopg://mrl_pg:mrl_pg@{host}:{port}/mrl_pg"
 
 
+def unrelated_tables() -> list[Table]:
+    """Tables of some other app in ``public``: every test must pass beside them, and no
+    migration may pick them up."""
+    metadata = MetaData(schema="public")
+    return [
+        Table("mrl_pg_test_unrelated_vectors", metadata, Column("id", Integer, primary_key=True),
+              Column("embedding", VECTOR(3))),
+        Table("mrl_pg_test_unrelated_indexed", metadata, Column("id", Integer, primary_key=True),
+              Column("name", Text), Index("mrl_pg_test_unrelated_name", "name")),
+    ]
+
+
 @pytest.fixture(scope="session")
-def server_engine(database_url: str) -> Iterator[Engine]:
+def unrelated_tables_in_public(database_url: str) -> Iterator[None]:
+    """Plants :func:`unrelated_tables` in ``public`` where they do not exist yet, for the
+    whole session, and drops only those it planted at the end."""
+    engine = create_engine(database_url)
+    create_vector_extension(engine)
+    with engine.begin() as conn:
+        planted = [
+            table for table in unrelated_tables()
+            if not inspect(conn).has_table(table.name, schema=table.schema)
+        ]
+        for table in planted:
+            table.create(conn)
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            for table in planted:
+                table.drop(conn, checkfirst=True)
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_engine(database_url: str, unrelated_tables_in_public: None) -> Iterator[Engine]:
     engine = create_engine(database_url)
     create_vector_extension(engine)
     yield engine

@@ -44,6 +44,7 @@ from tests.online_project import (
     online_revision,
     upgrade_to_plain_16,
 )
+from tests.own_schema import own_tables_only
 
 pytest_plugins = ["tests.alembic_project"]
 
@@ -57,7 +58,8 @@ def pending_upgrade(engine: Engine, folder: Path) -> str:
     models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(models)
     with engine.connect() as conn:
-        script = produce_migrations(MigrationContext.configure(conn), models.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": own_tables_only(conn)})
+        script = produce_migrations(context, models.metadata)
     assert script.upgrade_ops is not None
     return render_python_code(script.upgrade_ops)
 

@@ -28,6 +28,7 @@ from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, staging_column, staging_index
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
+from mrl_pg.alembic.render import use_pgvector_rendering
 from mrl_pg.prefix.declare import INFO_KEY, prefixes_of
 from mrl_pg.sqltext import TableRef
 
@@ -72,6 +73,7 @@ def compare_prefixes(
 
 
 comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)(compare_prefixes)
+comparators.dispatch_for("autogenerate", priority=DispatchPriority.FIRST)(use_pgvector_rendering)
 
 
 def skip_prefix_server_default(
