@@ -19,7 +19,7 @@ mkdir -p "$LAB"
 chown "$OSUSER:$OSUSER" "$LAB"
 
 if [ ! -f "$LAB/data/PG_VERSION" ]; then
-  as_pg "$PGBIN/initdb" -q -D "$LAB/data" -U postgres --auth=trust >/dev/null
+  as_pg "$PGBIN/initdb" -D "$LAB/data" -U postgres --auth=trust >/dev/null
   cat >> "$LAB/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
