@@ -15,8 +15,9 @@ _PREPARER = DIALECT.identifier_preparer
 
 
 def ident(name: str) -> str:
-    """``name`` as an always-quoted SQL identifier."""
-    return _PREPARER.quote_identifier(name)
+    """``name`` as an SQL identifier, quoted where PostgreSQL needs it (upper case, reserved
+    words, other characters), the way SQLAlchemy and Alembic quote the DDL they write."""
+    return _PREPARER.quote(name)
 
 
 def literal(value: str) -> str:

@@ -235,9 +235,9 @@ def test_online_offline_sql(project: tuple[Config, Engine, Path]) -> None:
     config.output_buffer = buffer
     command.upgrade(config, "base:head", sql=True)
     sql = buffer.getvalue()
-    commit, index = sql.index("COMMIT;"), sql.index('CREATE INDEX CONCURRENTLY "ix_items_embedding_mrl_hnsw_next"')
-    assert commit < sql.index("DO $mrl$") < index < sql.index('RENAME TO "ix_items_embedding_mrl_hnsw"')
-    assert 'CREATE OR REPLACE TRIGGER "mrl_pg_embedding_mrl"' in sql
+    commit, index = sql.index("COMMIT;"), sql.index("CREATE INDEX CONCURRENTLY ix_items_embedding_mrl_hnsw_next")
+    assert commit < sql.index("DO $mrl$") < index < sql.index("RENAME TO ix_items_embedding_mrl_hnsw")
+    assert "CREATE OR REPLACE TRIGGER mrl_pg_embedding_mrl" in sql
 
 
 @pytest.mark.parametrize("batch_size", [0, -5, 2.5, True])

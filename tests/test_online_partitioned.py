@@ -100,7 +100,7 @@ def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Pat
         assert prefix_state(engine) == before and prefix_indexes(engine) == indexes_before
         # Stopped while a leaf's index is built again, then resumed.
         with (
-            cancelling(engine, 'CREATE INDEX CONCURRENTLY "items_high_1', 0.05),
+            cancelling(engine, "CREATE INDEX CONCURRENTLY items_high_1", 0.05),
             pytest.raises(Exception, match="canceling statement"),
         ):
             command.upgrade(config, "head")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from mrl_pg import ConnectionClosedError, Distance, add_prefix_column
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.online.change import OnlineChange
+from mrl_pg.alembic.reflect import reflect_prefixes
 from mrl_pg.prefix.declare import prefixes_of
 from mrl_pg.sql import SCRIPT_VERSION, install, script
 from mrl_pg.sqltext import TableRef
@@ -244,6 +245,26 @@ def test_a_prefix_an_online_migration_made(sql_engine: Engine) -> None:
                 "WHERE attrelid = to_regclass(:t) AND attname = :c"
             ), {"t": '"' + HOSTILE_TABLE.replace('"', '""') + '"', "c": HOSTILE_PREFIX}).scalar_one()
         assert used == ("halfvec(96)" if online else "vector(64)")
+
+
+def test_an_online_inner_product_prefix(sql_engine: Engine) -> None:
+    """A trigger-maintained prefix has no expression in the catalog: reflection and the
+    function take its normalization from its index's operator class."""
+    prefix = MRLPrefix("p_online_ip", "embedding", DIMS, PREFIX, distance="inner_product")
+    with sql_engine.connect() as conn, (context := MigrationContext.configure(conn)).begin_transaction():
+        Operations(context).add_mrl_prefix("plain", prefix, online=True)  # type: ignore[attr-defined]
+    try:
+        with sql_engine.connect() as conn:
+            reflected = reflect_prefixes(conn, "plain", None)["p_online_ip"]
+            found = [
+                [row.pk["id"] for row in search(conn, "plain", q, 10, prefix_column="p_online_ip")]
+                for q in QUERY_VECTORS
+            ]
+        assert reflected.ddl_signature("plain") == prefix.ddl_signature("plain")
+        assert recall(found, exact_neighbors(VECTORS, QUERY_VECTORS, 10, "inner_product")) >= 0.95
+    finally:
+        with sql_engine.begin() as conn:
+            Operations(MigrationContext.configure(conn)).drop_mrl_prefix("plain", prefix)  # type: ignore[attr-defined]
 
 
 def psql_binary() -> str | None:

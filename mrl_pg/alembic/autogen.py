@@ -10,12 +10,19 @@ every table (True) or for the tables a function of the ``Table`` picks.
 
 Alembic also takes each partition of a partitioned table for a table the models lack, and
 would drop it; the partitions of tables that declare a prefix are left alone.
+
+The pass is enabled in two ways, both on PostgreSQL only (qualifier ``"postgresql"``):
+``import mrl_pg.alembic`` in ``env.py`` calls :func:`register`, which adds it to Alembic's
+global comparators, for every environment of the process; the Alembic plugin ``mrl_pg``
+(:mod:`mrl_pg.alembic_plugin`) adds it to the environments that name it in
+``autogenerate_plugins``. Where both apply, the global registration steps aside for the
+plugin's, so each comparison runs once and each operation is emitted once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
@@ -29,6 +36,7 @@ from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, staging_column, sta
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
 from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
 from mrl_pg.alembic.render import use_pgvector_rendering
+from mrl_pg.alembic_plugin import DIALECT_NAME, ENABLED_TARGET
 from mrl_pg.prefix.declare import INFO_KEY, prefixes_of
 from mrl_pg.sqltext import TableRef
 
@@ -49,10 +57,9 @@ _PARTITION_ROOT_SQL = text(
 def compare_prefixes(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps
 ) -> PriorityDispatchResult:
+    """Replace Alembic's operations on each table's prefixes by mrl_pg's."""
     connection = autogen_context.connection
-    if connection is None or autogen_context.dialect is None:
-        return PriorityDispatchResult.CONTINUE
-    if autogen_context.dialect.name != "postgresql":
+    if connection is None:
         return PriorityDispatchResult.CONTINUE
     created = {
         (op.schema, op.table_name) for op in upgrade_ops.ops if isinstance(op, ops.CreateTableOp)
@@ -72,10 +79,6 @@ def compare_prefixes(
     return PriorityDispatchResult.CONTINUE
 
 
-comparators.dispatch_for("autogenerate", priority=DispatchPriority.LAST)(compare_prefixes)
-comparators.dispatch_for("autogenerate", priority=DispatchPriority.FIRST)(use_pgvector_rendering)
-
-
 def skip_prefix_server_default(
     autogen_context: AutogenContext,
     alter_column_op: ops.AlterColumnOp,
@@ -91,11 +94,6 @@ def skip_prefix_server_default(
     if INFO_KEY in metadata_column.info:
         return PriorityDispatchResult.STOP
     return PriorityDispatchResult.CONTINUE
-
-
-comparators.dispatch_for("column", priority=DispatchPriority.FIRST, subgroup="server_default")(
-    skip_prefix_server_default
-)
 
 
 def _keep_partitions(
@@ -214,17 +212,11 @@ def _replace_in(
 
 
 def _replaced(op: ops.MigrateOperation, columns: set[str], indexes: set[str]) -> bool:
-    """Whether ``op`` is one of Alembic's (or an earlier pass's) ops on these prefixes."""
-    if isinstance(op, (AddMRLPrefixOp, DropMRLPrefixOp)):
-        return op.prefix.column in columns
-    if isinstance(op, ResizeMRLPrefixOp):
-        return op.new.column in columns or op.old.column in columns
-    if isinstance(op, (ops.AddColumnOp, ops.DropColumnOp, ops.AlterColumnOp)):
-        return (
-            op.to_column().name in columns
-            if isinstance(op, ops.AddColumnOp)
-            else (op.column_name in columns)
-        )
+    """Whether ``op`` is one of Alembic's ops on these prefixes."""
+    if isinstance(op, ops.AddColumnOp):
+        return op.to_column().name in columns
+    if isinstance(op, (ops.DropColumnOp, ops.AlterColumnOp)):
+        return op.column_name in columns
     if isinstance(op, (ops.CreateIndexOp, ops.DropIndexOp)):
         return op.index_name in indexes
     return False
@@ -247,16 +239,57 @@ def _render(
     return f"op.{name}({', '.join(args)})"
 
 
-@renderers.dispatch_for(AddMRLPrefixOp)
 def _render_add(autogen_context: AutogenContext, op: AddMRLPrefixOp) -> str:
     return _render(autogen_context, "add_mrl_prefix", op, op.prefix)
 
 
-@renderers.dispatch_for(DropMRLPrefixOp)
 def _render_drop(autogen_context: AutogenContext, op: DropMRLPrefixOp) -> str:
     return _render(autogen_context, "drop_mrl_prefix", op, op.prefix)
 
 
-@renderers.dispatch_for(ResizeMRLPrefixOp)
 def _render_resize(autogen_context: AutogenContext, op: ResizeMRLPrefixOp) -> str:
     return _render(autogen_context, "resize_mrl_prefix", op, op.old, op.new)
+
+
+_Comparator = Callable[..., PriorityDispatchResult]
+
+
+def register() -> None:
+    """Enable the autogenerate pass in every migration environment of the process, and
+    register the renderers of mrl_pg's operations. :mod:`mrl_pg.alembic` calls it once, when
+    it is imported; call it no more."""
+    comparators.dispatch_for(
+        "autogenerate", qualifier=DIALECT_NAME, priority=DispatchPriority.LAST
+    )(_unless_plugin_enabled(compare_prefixes))
+    comparators.dispatch_for(
+        "autogenerate", qualifier=DIALECT_NAME, priority=DispatchPriority.FIRST
+    )(_unless_plugin_enabled(use_pgvector_rendering))
+    comparators.dispatch_for(
+        "column",
+        subgroup="server_default",
+        qualifier=DIALECT_NAME,
+        priority=DispatchPriority.FIRST,
+    )(_unless_plugin_enabled(skip_prefix_server_default))
+    renderers.dispatch_for(AddMRLPrefixOp)(_render_add)
+    renderers.dispatch_for(DropMRLPrefixOp)(_render_drop)
+    renderers.dispatch_for(ResizeMRLPrefixOp)(_render_resize)
+
+
+def _unless_plugin_enabled(comparator: _Comparator) -> _Comparator:
+    """``comparator``, as a no-op in the environments where the plugin ``mrl_pg`` registers
+    it too."""
+
+    def run(autogen_context: AutogenContext, *args: Any) -> PriorityDispatchResult:
+        if _plugin_enabled(autogen_context):
+            return PriorityDispatchResult.CONTINUE
+        return comparator(autogen_context, *args)
+
+    return run
+
+
+def _plugin_enabled(autogen_context: AutogenContext) -> bool:
+    """Whether the environment's ``autogenerate_plugins`` include the plugin ``mrl_pg``: then
+    its comparators answer :data:`~mrl_pg.alembic_plugin.ENABLED_TARGET`."""
+    answers: list[bool] = []
+    autogen_context.comparators.dispatch(ENABLED_TARGET, qualifier=DIALECT_NAME)(answers)
+    return bool(answers)

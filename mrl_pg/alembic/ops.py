@@ -149,10 +149,9 @@ def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
     table = TableRef(operation.table_name, operation.schema)
     check(operations, table, dropping=operation.prefix)
     if operation.online:
-        operations.execute(locked_ddl(table, "drop", _drop_statements(table, operation.prefix)))
+        operations.execute(locked_ddl(table, "drop", _drop_sql(table, operation.prefix)))
     else:
-        for statement in _drop_statements(table, operation.prefix):
-            operations.execute(statement)
+        _drop(operations, table, operation.prefix)
 
 
 @Operations.implementation_for(ResizeMRLPrefixOp)
@@ -164,11 +163,12 @@ def resize_mrl_prefix(operations: Operations, operation: ResizeMRLPrefixOp) -> N
         return
     check(operations, table, adding=operation.new, dropping=operation.old)
     if operation.old.column_signature() == operation.new.column_signature():
-        operations.execute(f"DROP INDEX {table.qualify(operation.old.index(table.name))}")
+        operations.drop_index(
+            operation.old.index(table.name), table_name=table.name, schema=table.schema
+        )
         _create_index(operations, table, operation.new)
         return
-    for statement in _drop_statements(table, operation.old):
-        operations.execute(statement)
+    _drop(operations, table, operation.old)
     _add(operations, table, operation.new)
 
 
@@ -200,8 +200,16 @@ def _create_index(operations: Operations, table: TableRef, prefix: MRLPrefix) ->
         )
 
 
-def _drop_statements(table: TableRef, prefix: MRLPrefix) -> list[str]:
+def _drop(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     """Drop the prefix's index, its trigger if an online change made it, and its column."""
+    operations.drop_index(prefix.index(table.name), table_name=table.name, schema=table.schema)
+    for statement in drop_trigger_sql(table, prefix.column):  # no construct for triggers
+        operations.execute(statement)
+    operations.drop_column(table.name, prefix.column, schema=table.schema)
+
+
+def _drop_sql(table: TableRef, prefix: MRLPrefix) -> list[str]:
+    """:func:`_drop` as statements for the ``DO`` block of an online drop."""
     return [
         f"DROP INDEX {table.qualify(prefix.index(table.name))}",
         *drop_trigger_sql(table, prefix.column),

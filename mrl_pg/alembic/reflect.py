@@ -1,51 +1,94 @@
-"""Reading a table's prefixes back from the PostgreSQL catalog."""
+"""Reading a table's prefixes back from the PostgreSQL catalog.
+
+A prefix is recognised by catalog facts only, never by reading SQL text:
+
+- a STORED generated column: its generation expression (``pg_attrdef``) depends, in
+  ``pg_depend``, on exactly one other column of the table (the full vector) and on pgvector's
+  ``subvector``, and maybe ``l2_normalize`` or ``binary_quantize`` (functions of an extension
+  are recorded there; PostgreSQL's built-ins are pinned and are not);
+- a column an online change keeps current (:mod:`mrl_pg.alembic.online.trigger`): a trigger
+  named after the column whose ``UPDATE OF`` list (``pg_trigger.tgattr``) is the full vector
+  and the column itself.
+
+Dimensions and storage come from the column's type, the full vector's from its own, the
+distance from the operator class of the column's HNSW index (else, for a generated column,
+from whether it calls ``l2_normalize``), and the HNSW parameters from the index's
+``reloptions``. Staging columns of an unfinished online change are never prefixes.
+"""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.change import STAGING_SUFFIX
-from mrl_pg.alembic.online.trigger import TRIGGER_PREFIX
-from mrl_pg.prefix.names import fit_identifier
+from mrl_pg.alembic.online.trigger import TRIGGER_PREFIX, trigger_name
+from mrl_pg.prefix.spec import Distance, Storage
 from mrl_pg.sqltext import TableRef
 
 _COLUMNS_SQL = text(
     """
-    SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
-           CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END AS generated
-    FROM pg_attribute a
-    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    SELECT a.attnum AS number, a.attname AS name, t.typname AS type, a.atttypmod AS dims
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
-    ORDER BY a.attnum
     """
 )
+#: Each STORED generated column: the other columns of the table its expression reads, and
+#: the functions of the ``vector`` extension it calls.
+_GENERATED_SQL = text(
+    """
+    SELECT a.attnum AS number,
+           ARRAY(SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
+                 WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+                   AND dep.refobjsubid NOT IN (0, a.attnum)) AS reads,
+           ARRAY(SELECT p.proname::text FROM pg_depend dep
+                 JOIN pg_proc p ON p.oid = dep.refobjid
+                 JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
+                      AND member.objid = p.oid AND member.deptype = 'e'
+                      AND member.refclassid = 'pg_extension'::regclass
+                 JOIN pg_extension e ON e.oid = member.refobjid AND e.extname = 'vector'
+                 WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                   AND dep.refclassid = 'pg_proc'::regclass) AS calls
+    FROM pg_attribute a
+    JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = to_regclass(:table) AND a.attgenerated = 's' AND NOT a.attisdropped
+    """
+)
+#: mrl_pg's triggers on the table, with the columns of their ``UPDATE OF`` list.
 _TRIGGERS_SQL = text(
     """
-    SELECT t.tgname AS name, p.prosrc AS body
-    FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+    SELECT t.tgname AS name, t.tgattr::int2[] AS columns
+    FROM pg_trigger t
     WHERE t.tgrelid = to_regclass(:table) AND NOT t.tgisinternal AND t.tgname LIKE :pattern
     """
 )
 _HNSW_INDEXES_SQL = text(
     """
-    SELECT a.attname AS column_name, c.relname AS index_name, opc.opcname AS opclass,
+    SELECT x.indkey[0] AS number, c.relname AS index_name, opc.opcname AS opclass,
            c.reloptions AS options
     FROM pg_index x
     JOIN pg_class c ON c.oid = x.indexrelid
     JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
     LEFT JOIN pg_opclass opc ON opc.oid = x.indclass[0]
     WHERE x.indrelid = to_regclass(:table) AND x.indnatts = 1
     ORDER BY c.relname DESC
     """
 )
-_TRIGGER_ASSIGNMENT = re.compile(r'NEW\.("(?:[^"]|"")*") := (.*);\s*RETURN NEW;', re.S)
-_NEW_ROW = re.compile(r'\bNEW\.(?=")')
-_DIMS = re.compile(r"\((\d+)\)$")
-_DISTANCE_BY_OPCLASS = {"cosine_ops": "cosine", "ip_ops": "inner_product", "l2_ops": "l2"}
+_FULL_TYPES = ("vector", "halfvec")
+_PREFIX_TYPES = tuple(storage.value for storage in Storage)
+_DISTANCE_BY_OPCLASS_SUFFIX = {distance.opclass_suffix: distance for distance in Distance}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """How a column is computed: from column ``full`` of the table, with ``l2_normalize``
+    (True), without (False), or as far as the catalog tells, unknown (None)."""
+
+    full: int
+    normalized: bool | None
 
 
 def table_exists(connection: Connection, table: str, schema: str | None) -> bool:
@@ -58,64 +101,75 @@ def table_exists(connection: Connection, table: str, schema: str | None) -> bool
 def reflect_prefixes(
     connection: Connection, table: str, schema: str | None
 ) -> dict[str, MRLPrefix]:
-    """The table's prefix columns, with their HNSW index's operator class and parameters: STORED
-    generated columns, or columns an online change keeps current by trigger, computed with
-    ``subvector`` from one vector/halfvec column. Staging columns of an unfinished online
-    change are left out."""
+    """The table's prefix columns by name (see the module's documentation for what makes a
+    column a prefix)."""
     params = {"table": TableRef(table, schema).sql}
-    columns = connection.execute(_COLUMNS_SQL, params).all()
-    types = {row.name: row.type for row in columns}
-    by_trigger = _trigger_expressions(connection, params["table"])
-    indexes = {row.column_name: row for row in connection.execute(_HNSW_INDEXES_SQL, params)}
+    columns = {row.number: row for row in connection.execute(_COLUMNS_SQL, params)}
+    names = {row.name: number for number, row in columns.items()}
+    sources = _generated_sources(connection, params) | _trigger_sources(
+        connection, params, names
+    )
+    indexes = {row.number: row for row in connection.execute(_HNSW_INDEXES_SQL, params)}
     found: dict[str, MRLPrefix] = {}
-    for row in columns:
-        expression = row.generated or by_trigger.get(row.name) or ""
-        if row.name.endswith(STAGING_SUFFIX) or "subvector(" not in expression:
+    for number, source in sources.items():
+        column, full = columns[number], columns.get(source.full)
+        if (
+            full is None
+            or column.name.endswith(STAGING_SUFFIX)
+            or column.type not in _PREFIX_TYPES
+            or full.type not in _FULL_TYPES
+            or column.dims <= 0
+            or full.dims <= 0
+        ):
             continue
-        full_column = _unquote(expression.split("subvector(", 1)[1].split(",", 1)[0])
-        full_type, _, full_dims = types.get(full_column, "").partition("(")
-        storage = row.type.partition("(")[0]
-        if full_type not in ("vector", "halfvec") or storage not in ("vector", "halfvec", "bit"):
-            continue
-        index = indexes.get(row.name)
+        index = indexes.get(number)
         options = dict(option.split("=", 1) for option in (index.options if index else None) or ())
-        opclass = index.opclass if index else None
-        distance = _DISTANCE_BY_OPCLASS.get((opclass or "").partition("_")[2], "cosine")
-        if storage == "bit" or not opclass:
-            distance = "inner_product" if "l2_normalize" in expression else "cosine"
-        found[row.name] = MRLPrefix(
-            column=row.name,
-            full_column=full_column,
-            full_dims=int(full_dims.rstrip(")")),
-            dims=int(_DIMS.search(row.type).group(1)),  # type: ignore[union-attr]
-            distance=distance,
-            storage=storage,
+        found[column.name] = MRLPrefix(
+            column=column.name,
+            full_column=full.name,
+            full_dims=full.dims,
+            dims=column.dims,
+            distance=_distance(column.type, index.opclass if index else None, source).value,
+            storage=column.type,
             m=int(options.get("m", 16)),
             ef_construction=int(options.get("ef_construction", 64)),
-            full_type=full_type,
+            full_type=full.type,
             index_name=index.index_name if index else None,
         )
     return found
 
 
-def _trigger_expressions(connection: Connection, qualified: str) -> dict[str, str]:
-    """Column name -> prefix expression, for the columns mrl_pg's triggers keep current."""
-    found: dict[str, str] = {}
-    rows = connection.execute(
-        _TRIGGERS_SQL, {"table": qualified, "pattern": TRIGGER_PREFIX.replace("_", "\\_") + "%"}
-    )
-    for row in rows:
-        match = _TRIGGER_ASSIGNMENT.search(row.body)
-        if match is None:
+def _generated_sources(connection: Connection, params: dict[str, str]) -> dict[int, _Source]:
+    """The STORED generated columns computed with ``subvector`` from one other column."""
+    return {
+        row.number: _Source(full=row.reads[0], normalized="l2_normalize" in row.calls)
+        for row in connection.execute(_GENERATED_SQL, params)
+        if len(row.reads) == 1 and "subvector" in row.calls
+    }
+
+
+def _trigger_sources(
+    connection: Connection, params: dict[str, str], names: dict[str, int]
+) -> dict[int, _Source]:
+    """The columns mrl_pg's triggers keep current: trigger ``trigger_name(column)``, fired by
+    updates of the full vector and of the column."""
+    pattern = TRIGGER_PREFIX.replace("_", "\\_") + "%"
+    by_trigger = {trigger_name(name): number for name, number in names.items()}
+    found: dict[int, _Source] = {}
+    for row in connection.execute(_TRIGGERS_SQL, {**params, "pattern": pattern}):
+        number = by_trigger.get(row.name)
+        if number is None or number not in row.columns or len(set(row.columns)) != 2:
             continue
-        column = _unquote(match.group(1))
-        if row.name == fit_identifier(TRIGGER_PREFIX + column):
-            found[column] = _NEW_ROW.sub("", match.group(2))
+        [full] = set(row.columns) - {number}
+        found[number] = _Source(full=full, normalized=None)
     return found
 
 
-def _unquote(identifier: str) -> str:
-    identifier = identifier.strip()
-    if identifier.startswith('"') and identifier.endswith('"'):
-        return identifier[1:-1].replace('""', '"')
-    return identifier
+def _distance(storage: str, opclass: str | None, source: _Source) -> Distance:
+    """The distance of a vector or halfvec prefix is its index's; a bit prefix's Hamming
+    index says nothing of it, nor does its expression."""
+    if storage != Storage.BIT.value and opclass is not None:
+        known = _DISTANCE_BY_OPCLASS_SUFFIX.get(opclass.partition("_")[2])
+        if known is not None:
+            return known
+    return Distance.INNER_PRODUCT if source.normalized else Distance.COSINE

@@ -6,9 +6,10 @@
 -- is created in the first schema of the search_path and needs the vector extension
 -- (pgvector >= 0.8). It finds the prefix of any table from the catalog: a STORED generated
 -- column computed from one vector/halfvec column and carrying an HNSW index, or the column an
--- online migration keeps current by trigger. Its expression turns the query into a query
--- prefix, the index's operator class gives the first-stage operator, and the full vectors
--- rerank the candidates.
+-- online migration keeps current by trigger. The query prefix is computed as the column is
+-- (the first dimensions, normalized or binary-quantized, cast to the column's type), the
+-- index's operator class gives the first-stage operator, and the full vectors rerank the
+-- candidates.
 -- hnsw.ef_search and hnsw.iterative_scan are set for the call only (SET clauses below, then
 -- set_config local): the caller's values are back when it returns.
 
@@ -35,6 +36,7 @@ DECLARE
     pk_json text;
     pool integer;
     ef integer;
+    query_prefix text;
     search_sql text;
 BEGIN
     IF tbl IS NULL OR query IS NULL OR k IS NULL THEN
@@ -46,46 +48,65 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- The table's prefixes, each with a single-column HNSW index: stored generated columns
-    -- computed from exactly one vector/halfvec column, and the plain columns an online
-    -- migration keeps current with a trigger "mrl_pg_<column>" (whose function sets
-    -- NEW."<column>" := <expression of NEW."<full column>">). Staging columns of an
-    -- unfinished online migration (named *_mrl_next) are not prefixes yet.
+    -- The table's prefixes, each with a single-column HNSW index, found from catalog facts:
+    -- STORED generated columns whose expression (pg_depend of its pg_attrdef) reads exactly
+    -- one other column and calls pgvector's subvector, maybe l2_normalize (a function of an
+    -- extension is recorded there, a built-in is not); and the plain columns an online
+    -- migration keeps current with a trigger "mrl_pg_<column>" BEFORE INSERT OR UPDATE OF
+    -- <full column>, <column> (pg_trigger.tgattr). Staging columns of an unfinished online
+    -- migration (named *_mrl_next) are not prefixes yet. A trigger-maintained prefix is
+    -- normalized when its index is for inner product, as mrl_pg builds it.
     FOR candidate IN
-        SELECT a.attname AS prefix_name, src.expr,
+        SELECT a.attname AS prefix_name, format_type(a.atttypid, a.atttypmod) AS prefix_type,
+               a.atttypmod AS prefix_dims, vec.nspname AS vector_schema,
+               coalesce(src.normalized, oc.opcname LIKE '%\_ip\_ops') AS normalized,
                f.attname AS full_name, format_type(f.atttypid, f.atttypmod) AS full_type,
                f.atttypid AS full_type_oid, f.atttypmod AS full_dims,
                opn.nspname AS index_op_schema, op.oprname AS index_op,
                pt.typname = 'bit' AS is_bit
         FROM pg_attribute a
-        JOIN pg_type pt ON pt.oid = a.atttypid
+        JOIN pg_type pt ON pt.oid = a.atttypid AND pt.typname IN ('vector', 'halfvec', 'bit')
+        CROSS JOIN LATERAL (
+            SELECT e.oid, n.nspname FROM pg_extension e
+            JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'
+        ) vec
         JOIN LATERAL (
-            SELECT pg_get_expr(d.adbin, d.adrelid) AS expr, refs.cols[1] AS full_attnum
+            SELECT reads.cols[1] AS full_attnum, 'l2_normalize' = ANY(calls.names) AS normalized
             FROM pg_attrdef d
-            JOIN LATERAL (
-                SELECT array_agg(DISTINCT dep.refobjsubid) AS cols
-                FROM pg_depend dep
-                WHERE dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
-                  AND dep.refobjsubid > 0 AND dep.refobjsubid <> a.attnum
-                  AND ((dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid)
-                       OR (dep.classid = 'pg_class'::regclass AND dep.objid = a.attrelid
-                           AND dep.objsubid = a.attnum))
-            ) refs ON cardinality(refs.cols) = 1
-            WHERE a.attgenerated = 's' AND d.adrelid = a.attrelid AND d.adnum = a.attnum
-            UNION ALL
-            SELECT replace(body.parts[2], 'NEW.' || quoted.full, quoted.full), src_col.attnum
-            FROM pg_trigger tg
-            JOIN pg_proc p ON p.oid = tg.tgfoid
-            CROSS JOIN LATERAL regexp_match(
-                p.prosrc, 'NEW\.("(?:[^"]|"")*") := (.*);\s*RETURN NEW;') AS body(parts)
-            JOIN pg_attribute src_col ON src_col.attrelid = a.attrelid
-                 AND src_col.attnum = ANY(tg.tgattr::int2[]) AND src_col.attnum <> a.attnum
             CROSS JOIN LATERAL (
-                SELECT '"' || replace(src_col.attname, '"', '""') || '"' AS full
-            ) quoted
+                SELECT ARRAY(
+                    SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
+                    WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                      AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+                      AND dep.refobjsubid NOT IN (0, a.attnum)) AS cols
+            ) reads
+            CROSS JOIN LATERAL (
+                SELECT ARRAY(
+                    SELECT p.proname::text FROM pg_depend dep
+                    JOIN pg_proc p ON p.oid = dep.refobjid
+                    JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
+                         AND member.objid = p.oid AND member.deptype = 'e'
+                         AND member.refclassid = 'pg_extension'::regclass
+                         AND member.refobjid = vec.oid
+                    WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                      AND dep.refclassid = 'pg_proc'::regclass) AS names
+            ) calls
+            WHERE a.attgenerated = 's' AND d.adrelid = a.attrelid AND d.adnum = a.attnum
+              AND cardinality(reads.cols) = 1 AND 'subvector' = ANY(calls.names)
+            UNION ALL
+            SELECT others.cols[1], NULL
+            FROM pg_trigger tg
+            CROSS JOIN LATERAL (
+                SELECT ARRAY(
+                    SELECT c FROM unnest(tg.tgattr::int2[]) AS c WHERE c <> a.attnum) AS cols
+            ) others
             WHERE a.attgenerated = '' AND tg.tgrelid = a.attrelid AND NOT tg.tgisinternal
               AND tg.tgname LIKE 'mrl\_pg\_%'
-              AND body.parts[1] = '"' || replace(a.attname, '"', '""') || '"'
+              -- the name mrl_pg gives it, unless too long and shortened with a hash
+              AND (tg.tgname = 'mrl_pg_' || a.attname
+                   OR octet_length('mrl_pg_' || a.attname) > 63)
+              AND a.attnum = ANY(tg.tgattr::int2[]) AND cardinality(others.cols) = 1
+              AND cardinality(tg.tgattr::int2[]) = 2
         ) src ON true
         JOIN pg_attribute f ON f.attrelid = a.attrelid AND f.attnum = src.full_attnum
         JOIN pg_type ft ON ft.oid = f.atttypid AND ft.typname IN ('vector', 'halfvec')
@@ -104,6 +125,7 @@ BEGIN
         JOIN pg_operator op ON op.oid = ao.amopopr
         JOIN pg_namespace opn ON opn.oid = op.oprnamespace
         WHERE a.attrelid = tbl AND NOT a.attisdropped AND a.attname !~ '_mrl_next$'
+          AND a.atttypmod > 0
         ORDER BY a.attnum
     LOOP
         names := concat_ws(', ', names, quote_ident(candidate.prefix_name));
@@ -196,15 +218,24 @@ BEGIN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
     END IF;
 
+    -- The query's prefix, computed as the column's values are.
+    query_prefix := format('%I.subvector($1::%s, 1, %s)',
+        chosen.vector_schema, chosen.full_type, chosen.prefix_dims);
+    IF chosen.is_bit THEN
+        query_prefix := format('%I.binary_quantize(%s)', chosen.vector_schema, query_prefix);
+    ELSIF chosen.normalized THEN
+        query_prefix := format('%I.l2_normalize(%s)', chosen.vector_schema, query_prefix);
+    END IF;
+
     search_sql := format(
         'SELECT jsonb_build_object(%s), c.mrl_full OPERATOR(%I.%s) $1::%s AS mrl_distance '
         'FROM (SELECT %s, t.%I AS mrl_full FROM %s AS t '
-        'ORDER BY t.%I OPERATOR(%I.%s) (SELECT %s FROM (SELECT $1::%s AS %I) AS mrl_q) '
+        'ORDER BY t.%I OPERATOR(%I.%s) (SELECT (%s)::%s) '
         'LIMIT $2) AS c ORDER BY mrl_distance LIMIT $3',
         pk_json, full_op.nspname, full_op.oprname, chosen.full_type,
         pk_select, chosen.full_name, tbl,
-        chosen.prefix_name, chosen.index_op_schema, chosen.index_op, chosen.expr,
-        chosen.full_type, chosen.full_name);
+        chosen.prefix_name, chosen.index_op_schema, chosen.index_op, query_prefix,
+        chosen.prefix_type);
     RETURN QUERY EXECUTE search_sql USING query, pool, k;
 END
 $mrl_search$;
