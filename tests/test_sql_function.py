@@ -145,7 +145,8 @@ def test_joining_results_back_to_rows(conn: Connection) -> None:
         ),
         {"q": str(QUERY_VECTORS[1].tolist())},
     ).all()
-    assert [row.id for row in rows] == exact_neighbors(VECTORS, QUERY_VECTORS[1:2], 3)[0].tolist()
+    found = search(conn, "plain", QUERY_VECTORS[1], 3, prefix_column="p_cosine")
+    assert [(row.id, row.distance) for row in rows] == [(r.pk["id"], r.distance) for r in found]
 
 
 def test_candidates_beyond_ef_search_cap(conn: Connection) -> None:
@@ -290,8 +291,9 @@ def test_psql_installs_the_script(sql_engine: Engine, tmp_path: Path) -> None:
             f"SELECT pk FROM {schema}.mrl_search('plain', CAST(:q AS vector), 3, "
             "prefix_column => 'p_cosine')"
         ), {"q": str(QUERY_VECTORS[0].tolist())}).scalars().all()
+        installed = search(conn, "plain", QUERY_VECTORS[0], 3, prefix_column="p_cosine")
     assert found == 1
-    assert [r["id"] for r in rows] == exact_neighbors(VECTORS, QUERY_VECTORS[:1], 3)[0].tolist()
+    assert rows == [r.pk for r in installed]  # the same function, installed by psql
 
 
 def test_top_level_sql_dir_holds_the_same_script() -> None:
