@@ -31,7 +31,7 @@ from mrl_pg.tools.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
 from tests.data import create_and_load
 
-ROWS = 5_000
+ROWS = 3_000
 DIMS = 256
 PREFIX = 64
 QUERIES = 40
