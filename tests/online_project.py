@@ -33,6 +33,8 @@ PREFIX_32 = 'add_prefix_column(items, "embedding", 32, name="embedding_mrl", sto
 STAGING = "embedding_mrl_mrl_next"
 #: The logger on which online runs announce their steps.
 ANNOUNCER = logging.getLogger("alembic.mrl_pg")
+#: Seconds a test waits for what a thread or the server must do before it fails.
+PATIENCE = 60.0
 
 
 def online_revision(config: Config, folder: Path, message: str, batch_size: int = 200) -> str:
@@ -60,10 +62,6 @@ def check_quietly(config: Config) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         command.check(config)
-
-
-#: Seconds a test waits for what a thread or the server must do before it fails.
-PATIENCE = 60.0
 
 
 class Writer(threading.Thread):
@@ -147,7 +145,7 @@ def interrupted(
     transaction, it is cancelled. The lock is held until the block ends."""
     locked = threading.Event()
     cancelled: list[int] = []
-    failures: list[BaseException] = []
+    failures: list[Exception] = []
 
     def hold_and_cancel(stop: threading.Event) -> None:
         try:
@@ -170,14 +168,14 @@ def interrupted(
                         cancelled.append(waiting)
                 stop.wait(PATIENCE)
                 holder.rollback()
-        except BaseException as exc:
+        except Exception as exc:  # reported when the block ends
             failures.append(exc)
             locked.set()
 
     with ExitStack() as stack:
 
         def take_the_lock() -> None:
-            if not cancelled and not locked.is_set():
+            if not locked.is_set():
                 stack.enter_context(in_background(hold_and_cancel, "interrupting"))
                 assert locked.wait(PATIENCE), "the test's lock was not taken"
 

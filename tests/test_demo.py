@@ -11,6 +11,7 @@ from mrl_pg.tools.cli import main
 from mrl_pg.tools.demo import MIGRATIONS
 
 
+@pytest.mark.slow
 def test_demo_runs_through_its_migrations(
     schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -126,8 +126,8 @@ def test_online_and_plain_changes_round_trip(loaded_project: tuple[Config, Engin
 
 @pytest.mark.slow
 def test_online_resize_with_a_concurrent_writer(loaded_project: tuple[Config, Engine, Path]) -> None:
-    """Rows written before, during and after the backfill all end up with their prefix: the
-    run waits at its backfill and its index build until the writer has written more rows."""
+    """Rows written while the change runs all end up with their prefix: before its backfill
+    and before its index build, the run waits until the writer has written 50 more rows."""
     config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     env = (folder / "env.py").read_text().replace(

@@ -19,6 +19,9 @@ from mrl_pg.tools.synthetic import exact_distances, exact_neighbors, mrl_like_ve
 from mrl_pg.tools.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
 
+#: Every test here shares a large table, indexed once per module.
+pytestmark = pytest.mark.slow
+
 ROWS = 8_000
 DIMS = 128
 TENANTS = 4

@@ -24,6 +24,9 @@ from tests.conftest import schema_engine
 from tests.data import create_and_load
 from tests.models import DIMS, DISTANCES, STORAGES, Base, Doc
 
+#: Every test here shares a large table, indexed once per module.
+pytestmark = pytest.mark.slow
+
 ROWS = 5_000
 QUERIES = 50
 TENANTS = 50  # a tenant filter keeps 2% of the rows

@@ -20,6 +20,9 @@ from mrl_pg.tools.synthetic import recall_at_k as recall
 from tests.conftest import schema_engine
 from tests.data import create_and_load
 
+#: Every test here shares a large table, indexed once per module.
+pytestmark = pytest.mark.slow
+
 ROWS = 20_000
 DIMS = 128
 QUERIES = 30

@@ -222,6 +222,7 @@ def hostile_search_ids(conn: Connection) -> list[list[int]]:
     return [[row.pk[HOSTILE_KEY] for row in search(conn, quoted, q, 5)] for q in QUERY_VECTORS]
 
 
+@pytest.mark.slow
 def test_a_prefix_an_online_migration_made(sql_engine: Engine) -> None:
     """The hostile table's prefix rebuilt online: while the new one is staged the function
     keeps to the old one; afterwards it finds the trigger-maintained prefix."""
