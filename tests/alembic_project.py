@@ -1,5 +1,6 @@
-"""An Alembic project in a temporary folder over a populated table, and what tests check of
-it: the fixture ``project`` and its helpers."""
+"""An Alembic project in a temporary folder over a table ``items``, and what tests check of
+it: the fixtures ``project`` (an empty table, for tests of checks and rendering) and
+``loaded_project`` (``ROWS`` rows, for tests of what happens to data), and their helpers."""
 
 from __future__ import annotations
 
@@ -11,19 +12,26 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
 
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.reflect import reflect_prefixes
 from mrl_pg.load import copy_vectors
-from mrl_pg.tools.synthetic import mrl_like_vectors
+from mrl_pg.tools.synthetic import exact_distances, mrl_like_vectors
 from tests.conftest import schema_engine
 
-ROWS = 50_000
+#: Enough rows for an online backfill of many batches (with a small ``batch_size``) and an
+#: index build that spills out of a small ``maintenance_work_mem``.
+ROWS = 3_000
 DIMS = 64
 VECTORS = mrl_like_vectors(ROWS, DIMS, seed=3)
-#: Rows whose search must find themselves: concurrent writers leave them (and row 0) alone.
-SEARCHED_IDS = (5, 777, 31_000)
+#: Rows whose vectors are the queries of the search checks: concurrent writers leave them (and
+#: row 0) alone.
+SEARCHED_IDS = tuple(range(5, ROWS, ROWS // 20))
+#: Lowest recall@10 a search check accepts: exact ground truth, an approximate index...
+MIN_RECALL = 0.9
+#: ...and enough candidates that even an 8-dim prefix would keep the true neighbours.
+CANDIDATES = 300
 #: The prefix of PREFIX_16 with only its index changed: distance, HNSW parameters.
 L2_16 = (
     'add_prefix_column(items, "embedding", 16, name="embedding_mrl", distance="l2", m=8, '
@@ -91,11 +99,27 @@ def items_table() -> Table:
 def project(
     tmp_path: Path, database_url: str, server_engine: Engine
 ) -> Iterator[tuple[Config, Engine, Path]]:
+    """The project over an empty table."""
+    yield from alembic_project(tmp_path, database_url, server_engine, rows=0)
+
+
+@pytest.fixture
+def loaded_project(
+    tmp_path: Path, database_url: str, server_engine: Engine
+) -> Iterator[tuple[Config, Engine, Path]]:
+    """The project over a table of ``ROWS`` rows: ``id`` i holds ``VECTORS[i]``."""
+    yield from alembic_project(tmp_path, database_url, server_engine, rows=ROWS)
+
+
+def alembic_project(
+    tmp_path: Path, database_url: str, server_engine: Engine, rows: int
+) -> Iterator[tuple[Config, Engine, Path]]:
     with schema_engine(database_url, server_engine) as engine:
         with engine.begin() as conn:
             table = items_table()
             table.create(conn)
-            copy_vectors(conn, table, "embedding", VECTORS, {"id": range(ROWS)})
+            if rows:
+                copy_vectors(conn, table, "embedding", VECTORS[:rows], {"id": range(rows)})
             schema = conn.execute(text("SELECT current_schema()")).scalar_one()
         (tmp_path / "versions").mkdir()
         (tmp_path / "env.py").write_text(ENV_PY)
@@ -177,19 +201,49 @@ def assert_prefix_values(engine: Engine, prefix: MRLPrefix) -> None:
         np.testing.assert_allclose(values, want, rtol=2e-3, atol=1e-3)
 
 
-def assert_search_finds_itself(engine: Engine, prefix_name: str) -> None:
+def assert_search_recall(engine: Engine, prefix_name: str, *, sql_function: bool = False) -> None:
+    """Searches through the table's current prefix ``prefix_name`` (``mrl_search()``, or the
+    SQL function): each returns the exact full-vector distances of the rows it returns, and
+    their recall@10 is at least ``MIN_RECALL`` against an exact numpy search of the same
+    snapshot, so that concurrent writers cannot skew it. The queries are the vectors of
+    ``SEARCHED_IDS``; a returned row counts as a hit when its distance is within the 10th
+    nearest one, so that rows of equal vectors are interchangeable."""
     from mrl_pg import mrl_search
     from mrl_pg.prefix.declare import add_prefix_column
 
+    k = 10
     table = items_table()
     current = prefix_state(engine)[prefix_name]
     add_prefix_column(table, "embedding", current.dims, name=prefix_name, distance=current.distance,
                       storage=current.storage, m=current.m, ef_construction=current.ef_construction)
-    with engine.connect() as conn:
+    distance = table.c[prefix_name].info["mrl_pg"].spec.distance
+    found: list[list[tuple[int, float]]] = []
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        rows = conn.execute(select(table.c.id, table.c.embedding)).all()
         for i in SEARCHED_IDS:
-            rows = conn.execute(mrl_search(table, VECTORS[i], k=3)).all()
-            itself = -1.0 if current.distance == "inner_product" else 0.0  # vectors are unit length
-            assert rows[0].id == i and rows[0].distance == pytest.approx(itself, abs=1e-5)
+            if sql_function:
+                found.append([(pk["id"], d) for pk, d in conn.execute(
+                    text("SELECT pk, distance FROM mrl_search('items', CAST(:q AS vector), :k,"
+                         " candidates => :c, prefix_column => :p)"),
+                    {"q": str(VECTORS[i].tolist()), "k": k, "c": CANDIDATES, "p": prefix_name},
+                )])
+            else:
+                found.append([(row.id, row.distance) for row in conn.execute(
+                    mrl_search(table, VECTORS[i], k=k, prefix=prefix_name, candidates=CANDIDATES)
+                )])
+    position = {row.id: n for n, row in enumerate(rows)}
+    stored = np.array([np.asarray(row.embedding, np.float64) for row in rows])
+    queries = VECTORS[list(SEARCHED_IDS)].astype(np.float64)
+    exact = exact_distances(stored, queries, distance)
+    hits = 0
+    for query, results in enumerate(found):
+        assert len(results) == k
+        ids = [position[row_id] for row_id, _ in results]
+        np.testing.assert_allclose([d for _, d in results], exact[query, ids], atol=1e-5)
+        kth = np.partition(exact[query], k - 1)[k - 1]
+        hits += int(np.sum(exact[query, ids] <= kth + 1e-9))
+    recall = hits / (k * len(found))
+    assert recall >= MIN_RECALL, f"recall@{k} {recall:.3f} through {current}"
 
 
 def revision(config: Config, folder: Path, message: str) -> str:

@@ -62,7 +62,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("bench")
     vectors, queries = folder / "vectors.npy", folder / "queries.npy"
-    np.save(vectors, decaying_vectors(2000, 64, seed=3))
+    np.save(vectors, decaying_vectors(1000, 64, seed=3))
     np.save(queries, decaying_vectors(30, 64, seed=4))
     return vectors, queries
 

@@ -27,6 +27,7 @@ def tables_and_extensions(url: str) -> tuple[set[str], set[str]]:
     return tables, extensions
 
 
+@pytest.mark.slow
 def test_demo_runs_through_its_migrations_and_leaves_the_app_alone(
     schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,10 +42,14 @@ def make_table(name: str, half: bool) -> Table:
 
 @pytest.fixture
 def tables(engine: Engine) -> Iterator[tuple[Table, Table]]:
+    """The two tables, without their prefix indexes: these tests are about COPY, and an HNSW
+    index would make each copied row a slow index insertion."""
     pair = (make_table("full_vectors", half=False), make_table("half_vectors", half=True))
     with engine.begin() as conn:
         for table in pair:
             table.create(conn)
+            for index in table.indexes:
+                index.drop(conn)
     yield pair
 
 

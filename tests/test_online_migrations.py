@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
-import re
-import time
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from tests.alembic_project import (
     ROWS,
     VECTORS,
     assert_prefix_values,
-    assert_search_finds_itself,
+    assert_search_recall,
     checksum,
     items_table,
     prefix_state,
@@ -35,12 +34,14 @@ from tests.alembic_project import (
     write_models,
 )
 from tests.online_project import (
+    PATIENCE,
     PREFIX_16,
     PREFIX_32,
     STAGING,
     Writer,
-    cancelling,
     check_quietly,
+    interrupted,
+    on_announcement,
     online_revision,
     upgrade_to_plain_16,
 )
@@ -49,6 +50,16 @@ from tests.own_schema import own_tables_only
 pytest_plugins = ["tests.alembic_project"]
 
 BACKFILL = "DO $mrl$\nDECLARE\n    part regclass"  # how the backfill statement starts
+#: Interrupting a backfill: a row half-way through the table stays locked.
+BACKFILL_STOP = dict(
+    announcement="backfilling", statement=BACKFILL,
+    lock=f"SELECT FROM items WHERE id = {ROWS // 2} FOR UPDATE",
+)
+#: Interrupting an index build: the build waits for a transaction writing to the table.
+INDEX_BUILD_STOP = dict(
+    announcement="building", statement="CREATE INDEX CONCURRENTLY",
+    lock="LOCK TABLE items IN ROW EXCLUSIVE MODE",
+)
 
 
 def pending_upgrade(engine: Engine, folder: Path) -> str:
@@ -85,10 +96,11 @@ def user_triggers(engine: Engine) -> int:
         )).scalar_one())
 
 
-def test_online_and_plain_changes_round_trip(project: tuple[Config, Engine, Path]) -> None:
+@pytest.mark.slow
+def test_online_and_plain_changes_round_trip(loaded_project: tuple[Config, Engine, Path]) -> None:
     """Online add, online resize to a bit prefix, then a plain resize of the prefix the online
     change made; and all the way back down."""
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     original = checksum(engine)
     states = [prefix_state(engine)]
     for prefix_call, online in ((PREFIX_16, True), (BIT_48, True), (PREFIX_32, False)):
@@ -101,7 +113,7 @@ def test_online_and_plain_changes_round_trip(project: tuple[Config, Engine, Path
         check_quietly(config)
         state = prefix_state(engine)
         assert_prefix_values(engine, state["embedding_mrl"])
-        assert_search_finds_itself(engine, "embedding_mrl")
+        assert_search_recall(engine, "embedding_mrl")
         assert checksum(engine) == original
         assert user_triggers(engine) == (1 if online else 0)
         states.append(state)
@@ -114,8 +126,11 @@ def test_online_and_plain_changes_round_trip(project: tuple[Config, Engine, Path
     assert user_triggers(engine) == 0
 
 
-def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, Path]) -> None:
-    config, engine, folder = project
+@pytest.mark.slow
+def test_online_resize_with_a_concurrent_writer(loaded_project: tuple[Config, Engine, Path]) -> None:
+    """Rows written while the change runs all end up with their prefix: before its backfill
+    and before its index build, the run waits until the writer has written 50 more rows."""
+    config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     env = (folder / "env.py").read_text().replace(
         "include_object=include_object)",
@@ -127,14 +142,17 @@ def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, P
     assert "online=True)" in revision(config, folder, "online resize, as env.py asks")
     writer = Writer(config.attributes["url"], config.attributes["options"])
     writer.start()
-    while writer.writes < 20:
-        time.sleep(0.01)
-    before = writer.writes
-    command.upgrade(config, "head")
-    during = writer.writes - before
-    writer.stop.set()
-    writer.join()
-    assert writer.errors == [] and during > 50
+    try:
+        writer.wait_for_writes(20)
+        with (
+            on_announcement("backfilling", lambda: writer.wait_for_writes(50)) as backfills,
+            on_announcement("building", lambda: writer.wait_for_writes(50)) as builds,
+        ):
+            command.upgrade(config, "head")
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.errors == [] and len(backfills) == len(builds) == 1
     prefix = prefix_state(engine)["embedding_mrl"]
     assert prefix.dims == 32
     assert_prefix_values(engine, prefix)
@@ -148,7 +166,7 @@ def test_online_resize_with_a_concurrent_writer(project: tuple[Config, Engine, P
 
 def assert_usable(engine: Engine, prefix: MRLPrefix) -> None:
     """Searches answer from the current prefix, and new rows get theirs."""
-    assert_search_finds_itself(engine, prefix.column)
+    assert_search_recall(engine, prefix.column)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO items (id, embedding) VALUES (-1, :v)"),
                      {"v": str(VECTORS[3].tolist())})
@@ -157,20 +175,22 @@ def assert_usable(engine: Engine, prefix: MRLPrefix) -> None:
         conn.execute(text("DELETE FROM items WHERE id = -1"))
 
 
-@pytest.mark.parametrize(
-    ("step", "query_start", "delay"),
-    [("backfill", BACKFILL, 0.3), ("index build", "CREATE INDEX CONCURRENTLY", 0.05)],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [BACKFILL_STOP, INDEX_BUILD_STOP], ids=["backfill", "index build"])
 def test_an_interrupted_online_change_resumes(
-    project: tuple[Config, Engine, Path], step: str, query_start: str, delay: float
+    loaded_project: tuple[Config, Engine, Path], stop: dict[str, str]
 ) -> None:
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     before = prefix_state(engine)
     write_models(folder, PREFIX_32)
-    online_revision(config, folder, "online resize", batch_size=500)
-    with cancelling(engine, query_start, delay), pytest.raises(Exception, match="canceling statement"):
+    online_revision(config, folder, "online resize")
+    with interrupted(engine, **stop), pytest.raises(Exception, match="canceling statement"):
         command.upgrade(config, "head")
+    if stop is BACKFILL_STOP:
+        with engine.connect() as conn:
+            filled = conn.execute(text(f"SELECT count({STAGING}) FROM items")).scalar_one()
+        assert 0 < filled < ROWS, "stopped half-way, after some batches"
     assert prefix_state(engine) == before
     assert_usable(engine, before["embedding_mrl"])
     pending = pending_upgrade(engine, folder)
@@ -179,7 +199,7 @@ def test_an_interrupted_online_change_resumes(
     after = prefix_state(engine)["embedding_mrl"]
     assert after.dims == 32
     assert_prefix_values(engine, after)
-    assert_search_finds_itself(engine, "embedding_mrl")
+    assert_search_recall(engine, "embedding_mrl")
     with engine.connect() as conn:
         invalid = conn.execute(text(
             "SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisvalid"
@@ -188,15 +208,16 @@ def test_an_interrupted_online_change_resumes(
     check_quietly(config)
 
 
+@pytest.mark.slow
 def test_an_interrupted_online_change_can_be_abandoned(
-    project: tuple[Config, Engine, Path],
+    loaded_project: tuple[Config, Engine, Path],
 ) -> None:
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     before, original = prefix_state(engine), checksum(engine)
     write_models(folder, PREFIX_32)
-    online_revision(config, folder, "online resize", batch_size=500)
-    with cancelling(engine, BACKFILL, 0.3), pytest.raises(Exception, match="canceling statement"):
+    online_revision(config, folder, "online resize")
+    with interrupted(engine, **BACKFILL_STOP), pytest.raises(Exception, match="canceling statement"):
         command.upgrade(config, "head")
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
@@ -209,13 +230,13 @@ def test_an_interrupted_online_change_can_be_abandoned(
 
 
 def test_a_change_the_staging_column_was_built_for_is_started_over(
-    project: tuple[Config, Engine, Path],
+    loaded_project: tuple[Config, Engine, Path],
 ) -> None:
     """A staging column left by an interrupted change to 8 dims is rebuilt for 32."""
     from mrl_pg.alembic.online.change import OnlineChange
     from mrl_pg.sqltext import TableRef
 
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     old = prefix_state(engine)["embedding_mrl"]
     other = MRLPrefix("embedding_mrl", "embedding", DIMS, 8)
@@ -248,23 +269,45 @@ def test_a_bad_batch_size_is_refused(batch_size: object) -> None:
 
 
 def test_the_index_build_logs_its_progress(
-    project: tuple[Config, Engine, Path], caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    project: tuple[Config, Engine, Path], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config, _, folder = project
+    """An index-only change (no step before the build takes a lock) whose build waits for a
+    transaction of the test's until its progress report says that it waits."""
+    config, engine, folder = project
     monkeypatch.setattr("mrl_pg.alembic.progress.PROGRESS_INTERVAL", 0.05)
-    caplog.set_level(logging.INFO, logger="alembic.mrl_pg")
-    write_models(folder, PREFIX_16)
-    online_revision(config, folder, "add online")
-    command.upgrade(config, "head")
-    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mrl_pg: building")]
-    assert any(
-        re.fullmatch(
-            r"mrl_pg: building ix_items_embedding_mrl_hnsw_next: building index: loading tuples, "
-            r"[\d,]+ of [\d,]+ (tuples|blocks) \(\d+%\)", report
-        )
-        for report in reports
-    ), reports
+    upgrade_to_plain_16(config, folder)
+    write_models(folder, L2_16)
+    online_revision(config, folder, "index only, online")
+    report = "mrl_pg: building ix_items_embedding_mrl_hnsw_next: waiting for writers before build"
+    seen = threading.Event()
+    with engine.connect() as writer, on_announcement(report, seen.set) as reports:
+        writer.execute(text("LOCK TABLE items IN ROW EXCLUSIVE MODE"))
+        upgrade = threading.Thread(target=command.upgrade, args=(config, "head"))
+        upgrade.start()
+        reported = seen.wait(PATIENCE)
+        writer.rollback()
+        upgrade.join()
+    assert reported and reports[0] == report
+    assert prefix_state(engine)["embedding_mrl"].distance == "l2"
+
+
+@pytest.mark.parametrize(
+    ("counts", "report"),
+    [
+        ((1_234, 5_000, 0, 0), "building index: loading tuples, 1,234 of 5,000 blocks (24%)"),
+        ((0, 0, 50, 200), "building index: loading tuples, 50 of 200 tuples (25%)"),
+        ((0, 0, 0, 0), "building index: loading tuples"),
+    ],
+)
+def test_a_progress_report_counts_what_the_build_counts(
+    counts: tuple[int, int, int, int], report: str
+) -> None:
+    from mrl_pg.alembic.progress import describe
+
+    row = SimpleNamespace(phase="building index: loading tuples", **dict(zip(
+        ("blocks_done", "blocks_total", "tuples_done", "tuples_total"), counts, strict=True
+    )))
+    assert describe(row) == report
 
 
 def test_a_staging_index_name_in_use_is_refused_before_any_ddl(
@@ -280,20 +323,18 @@ def test_a_staging_index_name_in_use_is_refused_before_any_ddl(
     assert columns_of(engine) == ["id", "embedding"] and user_triggers(engine) == 0
 
 
+@pytest.mark.slow
 def test_an_online_index_only_change_builds_no_column(
-    project: tuple[Config, Engine, Path],
+    loaded_project: tuple[Config, Engine, Path],
 ) -> None:
     """Distance and HNSW parameters change, the column does not: no staging column, no
     backfill, one concurrent index build; interrupted, abandoned, run again."""
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     upgrade_to_plain_16(config, folder)
     before, versions = prefix_state(engine), row_versions(engine)
     write_models(folder, L2_16)
     online_revision(config, folder, "online, index only")
-    with (
-        cancelling(engine, "CREATE INDEX CONCURRENTLY", 0.05),
-        pytest.raises(Exception, match="canceling statement"),
-    ):
+    with interrupted(engine, **INDEX_BUILD_STOP), pytest.raises(Exception, match="canceling statement"):
         command.upgrade(config, "head")
     assert prefix_state(engine) == before
     with engine.begin() as conn:
@@ -308,7 +349,7 @@ def test_an_online_index_only_change_builds_no_column(
     assert (after.distance, after.m, after.ef_construction) == ("l2", 8, 32)
     assert row_versions(engine) == versions and columns_of(engine) == ["id", "embedding", "embedding_mrl"]
     assert_prefix_values(engine, after)
-    assert_search_finds_itself(engine, "embedding_mrl")
+    assert_search_recall(engine, "embedding_mrl")
     check_quietly(config)
     command.downgrade(config, "-1")
     assert prefix_state(engine) == before and row_versions(engine) == versions

@@ -3,6 +3,7 @@ Alembic while a writer keeps writing: interrupted, abandoned, resumed, and taken
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,9 @@ from mrl_pg.sql import install
 from tests.alembic_project import (
     L2_16,
     ROWS,
-    SEARCHED_IDS,
     VECTORS,
     assert_prefix_values,
-    assert_search_finds_itself,
+    assert_search_recall,
     items_table,
     prefix_state,
     revision,
@@ -30,14 +30,26 @@ from tests.online_project import (
     PREFIX_32,
     STAGING,
     Writer,
-    cancelling,
     check_quietly,
+    interrupted,
+    on_announcement,
     online_revision,
 )
 
 pytest_plugins = ["tests.alembic_project"]
 
 LEAVES = ["items_high_0", "items_high_1", "items_low"]
+#: Where ``items_low`` ends and ``items_high`` starts.
+SPLIT = ROWS // 3
+
+
+def interrupted_build(engine: Engine, leaf: str) -> AbstractContextManager[None]:
+    """The run is interrupted while it builds ``leaf``'s index, which waits for a transaction
+    writing to ``leaf``."""
+    return interrupted(
+        engine, announcement=f"building {leaf}_embedding_mrl_idx_next",
+        statement="CREATE INDEX CONCURRENTLY", lock=f"LOCK TABLE {leaf} IN ROW EXCLUSIVE MODE",
+    )
 
 
 def partition_items(engine: Engine) -> None:
@@ -47,8 +59,8 @@ def partition_items(engine: Engine) -> None:
             "ALTER TABLE items RENAME TO items_unpartitioned",
             "CREATE TABLE items (id integer PRIMARY KEY, embedding vector(64)) "
             "PARTITION BY RANGE (id)",
-            "CREATE TABLE items_low PARTITION OF items FOR VALUES FROM (MINVALUE) TO (20000)",
-            "CREATE TABLE items_high PARTITION OF items FOR VALUES FROM (20000) TO (MAXVALUE) "
+            f"CREATE TABLE items_low PARTITION OF items FOR VALUES FROM (MINVALUE) TO ({SPLIT})",
+            f"CREATE TABLE items_high PARTITION OF items FOR VALUES FROM ({SPLIT}) TO (MAXVALUE) "
             "PARTITION BY HASH (id)",
             "CREATE TABLE items_high_0 PARTITION OF items_high "
             "FOR VALUES WITH (MODULUS 2, REMAINDER 0)",
@@ -73,8 +85,9 @@ def prefix_indexes(engine: Engine) -> list[tuple[str, str, bool]]:
     return [tuple(row) for row in rows]
 
 
-def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Path]) -> None:
-    config, engine, folder = project
+@pytest.mark.slow
+def test_online_resize_of_a_partitioned_table(loaded_project: tuple[Config, Engine, Path]) -> None:
+    config, engine, folder = loaded_project
     partition_items(engine)
     write_models(folder, PREFIX_16)
     # The models do not declare the partitions: autogenerate must not drop them.
@@ -84,38 +97,37 @@ def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Pat
     before, indexes_before = prefix_state(engine), prefix_indexes(engine)
     assert len(indexes_before) == 5 and all(valid for *_, valid in indexes_before)
     write_models(folder, PREFIX_32)
-    migration = online_revision(config, folder, "online resize", batch_size=2_000)
+    migration = online_revision(config, folder, "online resize")
     assert "drop_index" not in migration and "drop_table" not in migration
     writer = Writer(config.attributes["url"], config.attributes["options"])
     writer.start()
     try:
         # Stopped while the first leaf's index is built, then abandoned: as it was.
-        with (
-            cancelling(engine, "CREATE INDEX CONCURRENTLY", 0.05),
-            pytest.raises(Exception, match="canceling statement"),
-        ):
+        with interrupted_build(engine, "items_low"), pytest.raises(Exception, match="canceling statement"):
             command.upgrade(config, "head")
         with engine.begin() as conn:
             abandon_online_change(conn, "items", "embedding_mrl")
         assert prefix_state(engine) == before and prefix_indexes(engine) == indexes_before
-        # Stopped while a leaf's index is built again, then resumed.
-        with (
-            cancelling(engine, "CREATE INDEX CONCURRENTLY items_high_1", 0.05),
-            pytest.raises(Exception, match="canceling statement"),
-        ):
+        # Stopped while the last leaf's index is built, the others built, then resumed.
+        with interrupted_build(engine, "items_high_1"), pytest.raises(Exception, match="canceling statement"):
             command.upgrade(config, "head")
         assert prefix_state(engine) == before
-        assert_search_finds_itself(engine, "embedding_mrl")
-        command.upgrade(config, "head")
-        during = writer.writes
+        assert_search_recall(engine, "embedding_mrl")
+        # Resumed: the writer writes before the backfill and the last leaf's index build.
+        with (
+            on_announcement("backfilling", lambda: writer.wait_for_writes(20)) as backfills,
+            on_announcement("building", lambda: writer.wait_for_writes(20)) as builds,
+        ):
+            command.upgrade(config, "head")
     finally:
         writer.stop.set()
         writer.join()
-    assert writer.errors == [] and during > 50
+    assert writer.errors == [] and len(backfills) == 1
+    assert builds == ["building items_high_1_embedding_mrl_idx_next concurrently"]
     after = prefix_state(engine)["embedding_mrl"]
     assert after.dims == 32 and after.storage == "vector"
     assert_prefix_values(engine, after)
-    assert_search_finds_itself(engine, "embedding_mrl")
+    assert_search_recall(engine, "embedding_mrl")
     assert prefix_indexes(engine) == [
         ("items", "ix_items_embedding_mrl_hnsw", True),
         ("items_high", "items_high_embedding_mrl_idx", True),
@@ -127,12 +139,9 @@ def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Pat
             "SELECT count(*) FROM pg_attribute WHERE attname = :c"
             " AND attrelid IN (SELECT relid FROM pg_partition_tree('items'))"
         ), {"c": STAGING}).scalar_one()
+    with engine.begin() as conn:
         install(conn)
-        from_sql = conn.execute(
-            text("SELECT pk FROM mrl_search('items', CAST(:q AS vector), 3)"),
-            {"q": str(VECTORS[SEARCHED_IDS[1]].tolist())},
-        ).scalars().first()
-    assert from_sql == {"id": SEARCHED_IDS[1]}
+    assert_search_recall(engine, "embedding_mrl", sql_function=True)
     expected = {i: VECTORS[i] for i in range(ROWS)} | writer.expected
     assert stored.keys() == expected.keys() and staging == 0
     assert all(np.array_equal(np.float32(stored[i]), expected[i]) for i in expected)
@@ -154,10 +163,11 @@ def test_online_resize_of_a_partitioned_table(project: tuple[Config, Engine, Pat
     assert_prefix_values(engine, before["embedding_mrl"])
 
 
+@pytest.mark.slow
 def test_online_index_only_change_of_a_partitioned_table(
-    project: tuple[Config, Engine, Path],
+    loaded_project: tuple[Config, Engine, Path],
 ) -> None:
-    config, engine, folder = project
+    config, engine, folder = loaded_project
     partition_items(engine)
     write_models(folder, PREFIX_16)
     revision(config, folder, "add")
@@ -182,4 +192,4 @@ def test_online_index_only_change_of_a_partitioned_table(
             " AND indexdef LIKE '%m=''8''%'"
         )).scalar_one()
     assert definitions == 5
-    assert_search_finds_itself(engine, "embedding_mrl")
+    assert_search_recall(engine, "embedding_mrl")

@@ -18,6 +18,7 @@ def test_readme_has_examples() -> None:
     assert len(python_blocks()) >= 5
 
 
+@pytest.mark.slow
 def test_readme_examples_run(schema_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MRL_PG_DSN", schema_url)
     namespace: dict[str, object] = {"__name__": "readme"}

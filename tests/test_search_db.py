@@ -4,6 +4,7 @@ filters, index use, and settings that stay scoped to one statement."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,8 +24,11 @@ from tests.conftest import schema_engine
 from tests.data import create_and_load
 from tests.models import DIMS, DISTANCES, STORAGES, Base, Doc
 
-ROWS = 20_000
-QUERIES = 100
+#: Every test here shares a large table, indexed once per module.
+pytestmark = pytest.mark.slow
+
+ROWS = 5_000
+QUERIES = 50
 TENANTS = 50  # a tenant filter keeps 2% of the rows
 
 VECTORS = mrl_like_vectors(ROWS, DIMS, seed=7)
@@ -130,20 +134,32 @@ def test_funnel_bit_then_halfvec(session: Session) -> None:
     assert recall_at_k(found, truth) >= 0.95
 
 
+def exactly(session: Session) -> None:
+    """Make the session's transaction search exactly: without index scans, a search whose
+    candidates cover every row it may return finds the true nearest rows."""
+    session.execute(text("SET LOCAL enable_indexscan = off"))
+
+
 @pytest.mark.parametrize(
     "as_query", [lambda v: v.tolist(), lambda v: v, lambda v: Vector(v)], ids=["list", "numpy", "Vector"]
 )
 def test_query_vector_kinds(session: Session, as_query) -> None:  # type: ignore[no-untyped-def]
-    rows = session.execute(Doc.mrl_search(as_query(QUERY_VECTORS[3]), k=5, prefix="l2_vector"))
-    ids = [doc.id for doc, _ in rows]
-    assert ids == exact_neighbors(VECTORS, QUERY_VECTORS[3:4], 5, "l2")[0].tolist()
+    """Every kind of query vector finds what the same vector as a list finds."""
+    def ids(query: Any) -> list[int]:
+        stmt = Doc.mrl_search(query, k=5, prefix="l2_vector")
+        return [doc.id for doc, _ in session.execute(stmt)]
+
+    assert ids(as_query(QUERY_VECTORS[3])) == ids(QUERY_VECTORS[3].tolist())
 
 
-def test_core_table_and_legacy_query(docs_engine: Engine) -> None:
+def test_core_table_and_legacy_query(docs_engine: Engine, session: Session) -> None:
+    """A Core table and a legacy ``Query`` return what the ORM entity's search returns."""
     table = Doc.__table__
+    expected = [doc.id for doc, _ in session.execute(
+        Doc.mrl_search(QUERY_VECTORS[1], k=5, prefix="cosine_vector")
+    )]
     with docs_engine.connect() as conn:
         rows = conn.execute(mrl_search(table, QUERY_VECTORS[1], k=5, prefix="cosine_vector")).all()
-    expected = exact_neighbors(VECTORS, QUERY_VECTORS[1:2], 5)[0].tolist()
     assert [row.id for row in rows] == expected
     assert rows[0].title == f"doc {expected[0]}"
 
@@ -206,8 +222,12 @@ def test_settings_restored_in_autocommit_mode_even_after_an_error(docs_engine: E
 
 def test_aliased_entity_with_filter(session: Session) -> None:
     doc = aliased(Doc)
-    stmt = mrl_search(select(doc).where(doc.tenant == 5), QUERY_VECTORS[4], k=5, prefix=doc.cosine_vector)
     keep = np.flatnonzero(np.arange(ROWS) % TENANTS == 5)
+    exactly(session)
+    stmt = mrl_search(
+        select(doc).where(doc.tenant == 5), QUERY_VECTORS[4], k=5, prefix=doc.cosine_vector,
+        candidates=len(keep),
+    )
     expected = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS[4:5], 5)[0]].tolist()
     assert [d.id for d, _ in session.execute(stmt)] == expected
 
@@ -220,12 +240,14 @@ def test_streaming_results(session: Session) -> None:
 
 
 def test_in_list_filters_of_different_lengths(session: Session) -> None:
+    exactly(session)
     for tenants in ([3], [3, 4, 5], [6, 7]):
+        keep = np.flatnonzero(np.isin(np.arange(ROWS) % TENANTS, tenants))
         stmt = mrl_search(
-            select(Doc).where(Doc.tenant.in_(tenants)), QUERY_VECTORS[6], k=5, prefix="cosine_vector"
+            select(Doc).where(Doc.tenant.in_(tenants)), QUERY_VECTORS[6], k=5, prefix="cosine_vector",
+            candidates=len(keep),
         )
         rows = session.execute(stmt).all()
         assert len(rows) == 5 and {doc.tenant for doc, _ in rows} <= set(tenants)
-        keep = np.flatnonzero(np.isin(np.arange(ROWS) % TENANTS, tenants))
         expected = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS[6:7], 5)[0]].tolist()
         assert [doc.id for doc, _ in rows] == expected

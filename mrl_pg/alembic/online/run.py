@@ -4,6 +4,11 @@ The steps run outside the migration's transaction (Alembic's ``autocommit_block`
 backfill batches commit one by one and ``CREATE INDEX CONCURRENTLY`` can run; operations
 earlier in the same migration are committed first. Progress is logged at INFO on the
 ``alembic.mrl_pg`` logger, which Alembic's default logging configuration shows.
+
+Each long step is announced on that logger just before it starts, in the thread running the
+migration: ``backfilling <staging column> of <table>``, then ``building <index> concurrently``
+for each index built. A logging handler can follow a run by these lines, and act at a known
+point of it: the step starts only once the handler returns (the tests interrupt runs so).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         if not change.index_only:
             with _progress(operations.get_bind() if live else None):
                 operations.execute(change.prepare_sql())
+                if live:
+                    logger.info("backfilling %s of %s", change.staging_column, change.table.sql)
                 operations.execute(change.backfill_sql())
         if live:
             build_index(operations, change, partitions)
