@@ -267,7 +267,7 @@ def test_the_listener_probe_sees_class_level_listeners(points_engine: Engine) ->
         event.remove(Engine, "before_cursor_execute", before_cursor_execute)
 
 
-RESTORE_LISTENERS = {"before_cursor_execute", "commit", "rollback"}
+RESTORE_LISTENERS = {"before_cursor_execute", "commit", "rollback", "reset"}
 
 
 def test_only_engines_that_search_in_transactions_get_listeners(

@@ -37,6 +37,7 @@ from weakref import WeakSet
 from sqlalchemy import ColumnElement, String, Subquery, bindparam, event, func, select, true
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
 
@@ -130,13 +131,15 @@ def in_transaction_block(conn: Connection) -> bool:
 
 def restore_before_next_statement(conn: Connection) -> None:
     """Have the next statement on ``conn``'s DBAPI connection that is not a search put the
-    kept settings back first, unless the transaction ends before. The listeners that do it
-    are registered once per engine, the first time a search there needs them."""
+    kept settings back first, unless the transaction ends before (a commit, a rollback, or
+    the pool's reset of a connection given back). The listeners that do it are registered
+    once per engine, the first time a search there needs them."""
     engine = conn.engine
     if engine not in _RESTORING_ENGINES:
         event.listen(engine, "before_cursor_execute", _restore_if_pending)
         event.listen(engine, "commit", _forget_pending)
         event.listen(engine, "rollback", _forget_pending)
+        event.listen(engine.pool, "reset", _forget_pending_on_reset)
         _RESTORING_ENGINES.add(engine)
     conn.info[_PENDING_KEY] = True
 
@@ -176,6 +179,13 @@ def _restore_if_pending(
 
 def _forget_pending(conn: Connection) -> None:
     conn.info.pop(_PENDING_KEY, None)
+
+
+def _forget_pending_on_reset(
+    dbapi_connection: Any, connection_record: ConnectionPoolEntry, reset_state: Any
+) -> None:
+    """The pool ended the transaction of a connection given back to it."""
+    connection_record.info.pop(_PENDING_KEY, None)
 
 
 def pgvector_settings(conn: Connection) -> frozenset[str]:
