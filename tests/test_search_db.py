@@ -199,6 +199,9 @@ def test_settings_are_applied_while_the_statement_runs(session: Session) -> None
     # 300 candidates works only because the statement raises ef_search itself.
     stmt = Doc.mrl_search(QUERY_VECTORS[0], k=200, candidates=300, prefix="cosine_vector")
     assert len(session.execute(stmt).all()) == 200
+    # PostgreSQL plans a statement with the settings in effect before it runs; within the
+    # transaction, those of the search above would make an exact scan look cheaper.
+    session.commit()
     stmt = Doc.mrl_search(
         QUERY_VECTORS[0], k=200, candidates=300, ef_search=40, iterative_scan="off",
         prefix="cosine_vector",
