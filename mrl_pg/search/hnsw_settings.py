@@ -21,6 +21,11 @@ statement of its own (:func:`restore_before_next_statement`); a search after a s
 such statement. Streaming searches (``stream_results``/``yield_per``) read rows after they
 return, so their settings stay until the transaction ends.
 
+PostgreSQL plans a statement with the settings in effect before it runs, and pgvector's cost
+estimate reads ``hnsw.ef_search``: after a search with a large ``ef_search`` in the same
+transaction, the planner may find an exact scan of a small table cheaper than its index. The
+rows are then exact; on a table big enough to need the index, the index stays cheaper.
+
 Which ``hnsw.*`` settings the server has is asked once per connection: an older pgvector
 lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names under
 its prefix once the library is loaded. A setting the server lacks is left out, with a
