@@ -25,6 +25,12 @@ Which ``hnsw.*`` settings the server has is asked once per connection: an older 
 lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names under
 its prefix once the library is loaded. A setting the server lacks is left out, with a
 :class:`~mrl_pg.errors.PgvectorFeatureWarning`.
+
+These two statements of mrl_pg's own (putting values back, asking for the settings) are never
+prepared by psycopg, whatever the connection's ``prepare_threshold``: behind PgBouncer before
+1.21 (or without ``max_prepared_statements``) a prepared statement is lost when the next
+transaction runs on another server connection. tests/test_pgbouncer.py runs searches through a
+real PgBouncer in transaction mode.
 """
 
 from __future__ import annotations
