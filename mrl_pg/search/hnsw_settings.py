@@ -30,12 +30,18 @@ Which ``hnsw.*`` settings the server has is asked once per connection: an older 
 lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names under
 its prefix once the library is loaded. A setting the server lacks is left out, with a
 :class:`~mrl_pg.errors.PgvectorFeatureWarning`.
+
+These two statements of mrl_pg's own (putting values back, asking for the settings) are never
+prepared by psycopg, whatever the connection's ``prepare_threshold``: behind PgBouncer before
+1.21 (or without ``max_prepared_statements``) a prepared statement is lost when the next
+transaction runs on another server connection. tests/test_pgbouncer.py runs searches through a
+real PgBouncer in transaction mode.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from weakref import WeakSet
 
@@ -43,6 +49,7 @@ from sqlalchemy import ColumnElement, String, Subquery, bindparam, event, func, 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_only
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
 
@@ -199,40 +206,51 @@ def pgvector_settings(conn: Connection) -> frozenset[str]:
     known: frozenset[str] | None = conn.info.get(_KNOWN_KEY)
     if known is not None:
         return known
-    helper = _dbapi_connection(conn).cursor()
-    try:
-        helper.execute(
-            "SELECT quote_ident(n.nspname) FROM pg_extension e "
-            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+    rows = _run(
+        conn,
+        "SELECT quote_ident(n.nspname) FROM pg_extension e "
+        "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'",
+    )
+    if not rows:
+        raise MissingExtensionError(
+            "the database has no vector extension (pgvector): CREATE EXTENSION vector"
         )
-        row = helper.fetchone()
-        if row is None:
-            raise MissingExtensionError(
-                "the database has no vector extension (pgvector): CREATE EXTENSION vector"
-            )
-        helper.execute(
-            f"SELECT name FROM pg_settings WHERE '[0]'::{row[0]}.vector IS NOT NULL "
-            f"AND name LIKE '{_PGVECTOR_PREFIX}%'"
-        )
-        known = frozenset(name for (name,) in helper.fetchall())
-    finally:
-        helper.close()
+    rows = _run(
+        conn,
+        f"SELECT name FROM pg_settings WHERE '[0]'::{rows[0][0]}.vector IS NOT NULL "
+        f"AND name LIKE '{_PGVECTOR_PREFIX}%'",
+    )
+    known = frozenset(name for (name,) in rows)
     conn.info[_KNOWN_KEY] = known
     return known
 
 
-def _run(conn: Connection, sql: str, values: list[str]) -> None:
-    """One statement of mrl_pg's own on the DBAPI connection; with psycopg's synchronous
-    driver never prepared (a pooler in transaction mode cannot follow prepared statements
-    across server connections)."""
+def _run(conn: Connection, sql: str, values: Sequence[str] = ()) -> list[Any]:
+    """One statement of mrl_pg's own on the DBAPI connection, and its rows (without
+    ``values``, the SQL is sent as it is: ``%`` needs no doubling). psycopg (sync
+    or async) is told never to prepare it, whatever the connection's ``prepare_threshold``:
+    a pooler in transaction mode (PgBouncer before 1.21, or without
+    ``max_prepared_statements``) cannot follow a prepared statement from one server
+    connection to the next."""
+    if conn.dialect.driver == "psycopg":
+        driver = conn.connection.driver_connection
+        if conn.dialect.is_async:
+            return await_only(_run_psycopg_async(driver, sql, values))
+        with driver.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(sql, values or None, prepare=False)
+            return cursor.fetchall() if cursor.description else []
     helper = _dbapi_connection(conn).cursor()
     try:
-        if conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
-            helper.execute(sql, values, prepare=False)
-        else:
-            helper.execute(sql, values)
+        helper.execute(sql, values or None)
+        return list(helper.fetchall()) if helper.description else []
     finally:
         helper.close()
+
+
+async def _run_psycopg_async(driver: Any, sql: str, values: Sequence[str]) -> list[Any]:
+    async with driver.cursor() as cursor:
+        await cursor.execute(sql, values or None, prepare=False)
+        return await cursor.fetchall() if cursor.description else []
 
 
 def _placeholders(conn: Connection, count: int) -> list[str]:

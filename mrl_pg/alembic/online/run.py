@@ -25,6 +25,7 @@ from sqlalchemy import Connection, text
 from mrl_pg.alembic.checks import check
 from mrl_pg.alembic.online.change import OnlineChange, abandon_sql
 from mrl_pg.alembic.online.index_step import build_index, check_index_names, partition_indexes
+from mrl_pg.alembic.pooler import require_direct_connection
 from mrl_pg.alembic.progress import PROGRESS_INTERVAL, server_notices
 from mrl_pg.alembic.reflect import reflect_prefixes
 from mrl_pg.sqltext import TableRef
@@ -34,6 +35,7 @@ logger = logging.getLogger("alembic.mrl_pg")
 def run_online(operations: Operations, change: OnlineChange) -> None:
     """Check, then prepare, backfill, index and swap (only index and swap when the column
     stays as it is); in ``--sql`` mode, write the script."""
+    require_direct_connection(operations)
     context = operations.get_context()
     live = not context.as_sql
     if live and _already_applied(operations.get_bind(), change):
