@@ -4,6 +4,7 @@ change."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,3 +143,41 @@ def test_a_prefix_added_after_a_search_is_searched_with(
 
         rows = conn.execute(mrl_search(filtered, QUERIES[1], k=5, prefix="embedding_8")).all()
         assert len(rows) == 5 and all(row.id % 2 == 0 for row in rows)
+
+
+def test_concurrent_first_searches_of_one_shape_keep_their_own_filter_values(
+    engine: Engine,
+) -> None:
+    """Threads that build the template of one ``select()`` shape at the same moment, each
+    with its own filter value, each get rows of their own value only."""
+    table = Table(
+        "grouped", MetaData(), Column("id", Integer, primary_key=True),
+        Column("grp", Integer), Column("embedding", VECTOR(DIMS)),
+    )
+    add_prefix_column(table, "embedding", 8)
+    ids = list(range(ROWS))
+    create_and_load(engine, table, "embedding", VECTORS, {"id": ids, "grp": [i % 8 for i in ids]})
+    threads, searches_each = 4, 6
+    start = threading.Barrier(threads)
+    wrong: list[tuple[int, list[int]]] = []
+    errors: list[BaseException] = []
+
+    def search(group: int) -> None:
+        try:
+            start.wait(timeout=60)
+            with engine.connect() as conn:
+                for query in QUERIES[:searches_each]:
+                    mine = select(table.c.id, table.c.grp).where(table.c.grp == group)
+                    rows = conn.execute(mrl_search(mine, query, k=5)).all()
+                    if len(rows) != 5 or any(row.grp != group for row in rows):
+                        wrong.append((group, [row.grp for row in rows]))
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    statement._TEMPLATES.clear()  # a cold start: every thread builds the template at once
+    workers = [threading.Thread(target=search, args=(group,)) for group in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors and not wrong
