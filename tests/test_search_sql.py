@@ -35,9 +35,11 @@ def test_two_stage_shape() -> None:
     assert text.startswith(
         "SELECT mrl_candidates_0.id, mrl_candidates_0.tenant, mrl_candidates_0.title, "
         "mrl_candidates_0.mrl_full <=> CAST(%(mrl_query)s AS VECTOR(768)) AS distance "
-        "FROM (SELECT concat(set_config("
+        "FROM (SELECT bool_and(concat(set_config("
     )
-    assert "IS NOT NULL AS mrl_applied) AS mrl_settings JOIN LATERAL (SELECT docs.id AS id, " in text
+    assert (
+        "AS s (name, kept, value)) AS mrl_settings JOIN LATERAL (SELECT docs.id AS id, " in text
+    )
     assert text.endswith(
         "docs.embedding AS mrl_full FROM docs WHERE docs.tenant = %(tenant_1)s::INTEGER "
         "AND mrl_settings.mrl_applied "

@@ -2,9 +2,9 @@
 the server: inside the search statement itself.
 
 Every search statement joins a one-row subquery, ``mrl_settings``, that makes its settings
-with ``set_config(..., true)``, and its first stage is a ``LATERAL`` subquery gated on that row,
-so PostgreSQL makes the settings before the index scan starts (pgvector reads them when the
-scan begins). Settings and search are one statement, so:
+with ``set_config(..., true)`` (one call per element of bound arrays), and its first stage is
+a ``LATERAL`` subquery gated on that row, so PostgreSQL makes the settings before the index
+scan starts (pgvector reads them when the scan begins). Settings and search are one statement, so:
 
 - a search costs one round trip, settings included;
 - a transaction pooler (PgBouncer in ``pool_mode = transaction``) cannot send them to different
@@ -45,7 +45,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from weakref import WeakSet
 
-from sqlalchemy import ColumnElement, String, Subquery, bindparam, event, func, select, true
+from sqlalchemy import BindParameter, Boolean, Subquery, Text, bindparam, column, event, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -65,6 +66,9 @@ MANAGED = (
 )
 _SETTINGS_SUBQUERY = "mrl_settings"
 _APPLIED = "mrl_applied"
+_NAMES = "mrl_setting_names"
+_KEPT = "mrl_kept_names"
+_VALUES = "mrl_setting_values"
 _KNOWN_KEY = "mrl_pg_pgvector_settings"
 _PENDING_KEY = "mrl_pg_restore_pending"
 _PGVECTOR_PREFIX = "hnsw."
@@ -80,30 +84,47 @@ def settings_subquery(settings: Settings) -> Subquery:
     their kept values) when PostgreSQL reads it. Its ``mrl_applied`` column is true; gating
     the first stage on it orders the settings before the index scan.
 
-    Names and values are bound parameters, with ``settings`` as their values, so that a
-    connection whose pgvector lacks a setting can bind other ones
-    (:func:`parameters_for`)."""
-    wanted = dict(settings)
-    calls: list[ColumnElement[Any]] = []
-    for slot, name in enumerate(MANAGED):
-        setting = bindparam(f"mrl_setting_{slot}", name, type_=String)
-        kept = bindparam(f"mrl_kept_{slot}", kept_as(name), type_=String)
-        value = bindparam(f"mrl_value_{slot}", wanted.get(name), type_=String)
-        earlier = func.nullif(func.current_setting(kept, true()), "")
-        calls.append(
-            func.set_config(kept, func.coalesce(earlier, func.current_setting(setting)), true())
-        )
-        calls.append(
-            func.set_config(setting, func.coalesce(value, func.current_setting(kept)), true())
-        )
-    applied = func.concat(*calls).is_not(None).label(_APPLIED)
-    return select(applied).subquery(_SETTINGS_SUBQUERY)
+    The names, their placeholders and the values are three bound arrays, one element per
+    managed setting (an empty value puts the kept one back), so that a connection whose
+    pgvector lacks a setting binds arrays without it (:func:`parameters_for`). The subquery
+    is SQL text: a few bound arrays keep the statement short to send and plan, and cheap for
+    SQLAlchemy to key its compiled-statement cache on, which it does at every execution."""
+    return (
+        text(_SETTINGS_SQL)
+        .bindparams(*_settings_arrays(MANAGED, dict(settings)))
+        .columns(column(_APPLIED, Boolean))
+        .subquery(_SETTINGS_SUBQUERY)
+    )
+
+
+# Each row keeps the setting's value in its placeholder (once per transaction), then sets it;
+# concat() evaluates its arguments in order, the aggregate reads every row before the search's
+# first stage (which it gates) starts.
+_SETTINGS_SQL = (
+    "SELECT bool_and(concat("
+    "set_config(s.kept, coalesce(nullif(current_setting(s.kept, true), ''), "
+    "current_setting(s.name)), true), "
+    "set_config(s.name, coalesce(nullif(s.value, ''), current_setting(s.kept)), true)) "
+    "IS NOT NULL) "
+    f"AS {_APPLIED} "
+    f"FROM unnest(:{_NAMES}, :{_KEPT}, :{_VALUES}) AS s (name, kept, value)"
+)
+
+
+def _settings_arrays(names: Sequence[str], wanted: Mapping[str, str]) -> list[BindParameter[Any]]:
+    """The bound arrays of the settings subquery for ``names``, with ``wanted`` values."""
+    arrays = {
+        _NAMES: list(names),
+        _KEPT: [kept_as(name) for name in names],
+        _VALUES: [wanted.get(name, "") for name in names],
+    }
+    return [bindparam(key, value, type_=ARRAY(Text)) for key, value in arrays.items()]
 
 
 def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
     """Bound values that replace the statement's own for ``conn``: none when the server has
-    every managed setting; otherwise each missing one's slot makes ``hnsw.ef_search`` again
-    (a harmless repeat), with a warning if the search asked for a missing setting."""
+    every managed setting; otherwise arrays without the missing ones, with a warning if the
+    search asked for one of them."""
     known = pgvector_settings(conn)
     missing = [name for name in MANAGED if name not in known]
     if not missing:
@@ -117,14 +138,10 @@ def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
             PgvectorFeatureWarning,
             stacklevel=3,
         )
-    ef_search = dict(settings).get(MANAGED[0])
-    replaced: dict[str, Any] = {}
-    for slot, name in enumerate(MANAGED):
-        if name in missing:
-            replaced[f"mrl_setting_{slot}"] = MANAGED[0]
-            replaced[f"mrl_kept_{slot}"] = kept_as(MANAGED[0])
-            replaced[f"mrl_value_{slot}"] = ef_search
-    return replaced
+    present = [name for name in MANAGED if name in known]
+    return {
+        array.key: array.value for array in _settings_arrays(present, dict(settings))
+    }
 
 
 def with_parameters(

@@ -3,7 +3,7 @@
 ``mrl_search`` turns a model, a table or an existing ``select()`` into one SQL statement::
 
     SELECT <entities>, c.mrl_full <=> :q AS distance
-    FROM (SELECT set_config(...) ... AS mrl_applied) AS mrl_settings
+    FROM (SELECT bool_and(set_config(...) ...) AS mrl_applied FROM unnest(...)) AS mrl_settings
     JOIN LATERAL (SELECT <entities>, <full vector> AS mrl_full FROM ...
                   WHERE <app filters> AND mrl_settings.mrl_applied
                   ORDER BY <prefix> <=> <prefix of :q> LIMIT <candidates>) AS c ON true
