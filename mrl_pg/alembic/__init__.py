@@ -16,6 +16,7 @@ from mrl_pg.alembic.checks import MigrationCheckError
 from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.run import abandon_online_change
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
+from mrl_pg.alembic.pooler import PoolerError
 
 autogen.register()
 
@@ -24,6 +25,7 @@ __all__ = [
     "DropMRLPrefixOp",
     "MRLPrefix",
     "MigrationCheckError",
+    "PoolerError",
     "ResizeMRLPrefixOp",
     "abandon_online_change",
 ]

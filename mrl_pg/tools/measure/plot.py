@@ -10,6 +10,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from mrl_pg.errors import MissingDependencyError
 from mrl_pg.tools.measure.timing import Result
 
 
@@ -17,7 +18,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'mrl-pg[plot]'") from None
+        raise MissingDependencyError(
+            "plots need matplotlib: pip install 'mrl-pg[plot]'"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
