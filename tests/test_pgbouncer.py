@@ -87,7 +87,6 @@ SEARCHERS = 3
 READERS = 3
 SEARCHES = 12  # per searcher, more than psycopg's default prepare_threshold of 5
 MAX_READS = 2_000  # per reader: the bound on a reader's loop
-PIDS = "SELECT pg_backend_pid()"
 
 
 def pooler_url(driver: str = "psycopg") -> str:
@@ -394,33 +393,6 @@ def test_searches_repeated_across_connections_work_with_prepare_threshold_none(
         conn.execute(text("SELECT 1")).one()
 
     run_beside_other_clients(pooled, work)
-
-
-def test_with_psycopgs_default_prepare_threshold_the_pooler_loses_prepared_statements(
-    pooled: Engine,
-) -> None:
-    """Without mrl_pg: psycopg prepares a statement run 5 times on one server connection; once
-    another client holds that server connection, the pooler sends the next run elsewhere,
-    where the statement was never prepared. PgBouncer gives back the server connection freed
-    last first, so a client that begins a transaction right after gets the one prepared on.
-    (A server connection also keeps what earlier clients prepared under the same names, so
-    the preparing itself may already fail.)"""
-    lost = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)
-    with (
-        psycopg.connect(POOLER_DSN, autocommit=True) as client,
-        pytest.raises(lost, match=r'prepared statement "_pg3_\d+" (does not|already) exists?'),
-    ):
-        threshold = client.prepare_threshold
-        assert threshold is not None
-        served = {client.execute(PIDS).fetchone()[0] for _ in range(threshold + 1)}  # type: ignore[index]
-        with psycopg.connect(POOLER_DSN, prepare_threshold=None) as other:
-            pinned = other.execute(PIDS).fetchone()[0]  # type: ignore[index]
-            if {pinned} != served:
-                pytest.skip("another client took the server connection the statement ran on")
-            client.execute(PIDS)
-    with psycopg.connect(POOLER_DSN, autocommit=True, prepare_threshold=None) as fixed:
-        for _ in range(threshold + 1):
-            fixed.execute(PIDS)
 
 
 def test_an_online_migration_through_the_pooler_stops_before_any_ddl(
