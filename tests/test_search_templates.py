@@ -13,6 +13,7 @@ from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
 from sqlalchemy.schema import CreateColumn
+from sqlalchemy.sql.cache_key import HasCacheKey
 
 from mrl_pg import PrefixSelectionError, add_prefix_column, mrl_prefix, mrl_search
 from mrl_pg.search import statement
@@ -86,6 +87,27 @@ def test_a_name_two_searched_tables_share_is_not_taken_for_the_attribute(
     assert "ORDER BY docs.cosine_vector <=>" in sql(by_doc)
     mrl_search(joined, QUERY, prefix=Twin.cosine_vector)
     assert len(builds) == 4, "an ambiguous name is never kept as a template"
+
+
+def test_a_search_carries_the_cache_key_sqlalchemy_would_compute() -> None:
+    other_query = QUERY[::-1].copy()
+    searches = [
+        Doc.mrl_search(QUERY, k=7, prefix="cosine_halfvec"),
+        Doc.mrl_search(other_query, k=7, prefix="cosine_halfvec"),
+        mrl_search(select(Doc.id).where(Doc.tenant == 3), other_query, prefix="l2_vector"),
+    ]
+    for search in searches:
+        shared = search._generate_cache_key()
+        computed = HasCacheKey._generate_cache_key(search)
+        assert shared is not None and computed is not None
+        assert shared.key == computed.key
+        assert list(shared.bindparams) == list(computed.bindparams)
+        assert shared.params is not None and computed.params is not None
+        assert shared.params.keys() == computed.params.keys()
+        assert all(shared.params[name] is computed.params[name] for name in computed.params)
+    narrowed = searches[0].where(Doc.tenant == 4)
+    narrowed_key = narrowed._generate_cache_key()
+    assert narrowed_key is not None and narrowed_key.key != searches[0]._generate_cache_key().key
 
 
 def test_an_aliased_entity_attribute_finds_its_prefix() -> None:

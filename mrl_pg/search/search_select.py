@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.sql.cache_key import CacheKey
 
 from mrl_pg.search.hnsw_settings import (
     Settings,
@@ -46,6 +47,26 @@ class SearchSelect(Select[Any]):
     def __init__(self, *entities: Any, settings: Settings = ()) -> None:
         super().__init__(*entities)
         self.search_settings = settings
+
+    def share_cache_key(self, template_key: CacheKey) -> None:
+        """Give this statement the cache key of the template it is a ``.params()`` copy of.
+
+        SQLAlchemy keys its compiled-statement cache on a key it computes by walking the
+        whole statement, at every execution of a new statement object: the largest Python
+        cost of a search. A ``.params()`` copy has its template's structure and bound
+        parameters, only other values (which the key carries apart, in ``params``), so the
+        template's key, computed once, serves with this copy's values. It is set where
+        SQLAlchemy memoizes the key itself (``_generate_cache_key``, listed in
+        ``_memoized_keys``), so any further copy (``.where``, ``.limit``, ``.options``, a
+        subquery's clone, ...) drops it and computes its own. tests/test_search_templates.py
+        checks it equals the key SQLAlchemy computes.
+        """
+        params = self._params
+        if template_key.params:
+            params = template_key.params | params
+        key = template_key._replace(params=params or None)
+        self.__dict__["_generate_cache_key"] = lambda: key
+        self._memoized_keys |= {"_generate_cache_key"}
 
     def _execute_on_connection(
         self, connection: Connection, distilled_params: Any, execution_options: Any

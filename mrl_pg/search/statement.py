@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Mapper, aliased
+from sqlalchemy.sql.cache_key import CacheKey
 from sqlalchemy.sql.elements import KeyedColumnElement
 from sqlalchemy.sql.selectable import Alias, FromClause, Join, NamedFromClause
 
@@ -191,7 +192,8 @@ def mrl_search(
     template = _TEMPLATES.get(slot)
     if template is None:
         plan = plan_search(_base_select(target), None, options)
-        template = _Template(plan.select(), plan.full, binds)
+        statement = plan.select()
+        template = _Template(statement, plan.full, binds, statement._generate_cache_key())
         if plan.names_unique:
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
                 _TEMPLATES.clear()
@@ -200,18 +202,24 @@ def mrl_search(
         old.key: new.effective_value for old, new in zip(template.binds, binds, strict=True)
     }
     values[QUERY_PARAM] = as_query_array(query, template.full)
-    return template.statement.params(values)
+    search = template.statement.params(values)
+    if template.cache_key is not None:
+        search.share_cache_key(template.cache_key)
+    return search
 
 
 @dataclass(frozen=True)
 class _Template:
     """A search statement without its query vector, the full vector it expects, and for a
     ``select()`` target the select's own bound parameters in the order its cache key lists
-    them (a later select of the same shape lists its values in the same order)."""
+    them (a later select of the same shape lists its values in the same order), and the
+    statement's SQLAlchemy cache key, which every search made from it shares (see
+    :meth:`~mrl_pg.search.search_select.SearchSelect.share_cache_key`)."""
 
     statement: SearchSelect
     full: FullVector
     binds: tuple[BindParameter[Any], ...]
+    cache_key: CacheKey | None
 
 
 #: Templates by prefix generation, target (a model or ``Table`` itself, or a ``select()``'s
