@@ -9,12 +9,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, make_url, text
+from sqlalchemy import Engine, bindparam, create_engine, func, make_url, select, text
 from sqlalchemy.exc import ProgrammingError
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
 from mrl_pg.search import hnsw_settings
-from mrl_pg.search.hnsw_settings import MANAGED, Settings, settings_subquery
+from mrl_pg.search.hnsw_settings import MANAGED, Settings, TextArray, settings_subquery
 from mrl_pg.search.search_select import SearchSelect
 from mrl_pg.sql import install
 
@@ -58,6 +58,13 @@ def database_without_pgvector(database_url: str, server_engine: Engine) -> Itera
         engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}"'))
+
+
+def test_a_text_array_reaches_the_server_element_for_element(engine: Engine) -> None:
+    values = ["hnsw.ef_search", "", "relaxed_order", 'a "quoted", {braced} value', "back\\slash"]
+    echoed = select(bindparam("values", values, type_=TextArray()))
+    with engine.connect() as conn:
+        assert conn.execute(echoed).scalar_one() == values
 
 
 def test_a_database_without_pgvector_is_named_as_such(database_without_pgvector: Engine) -> None:

@@ -41,13 +41,23 @@ real PgBouncer in transaction mode.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from weakref import WeakSet
 
-from sqlalchemy import BindParameter, Boolean, Subquery, Text, bindparam, column, event, text
+from sqlalchemy import (
+    BindParameter,
+    Boolean,
+    Subquery,
+    Text,
+    TypeDecorator,
+    bindparam,
+    column,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
@@ -118,7 +128,30 @@ def _settings_arrays(names: Sequence[str], wanted: Mapping[str, str]) -> list[Bi
         _KEPT: [kept_as(name) for name in names],
         _VALUES: [wanted.get(name, "") for name in names],
     }
-    return [bindparam(key, value, type_=ARRAY(Text)) for key, value in arrays.items()]
+    return [bindparam(key, value, type_=TextArray()) for key, value in arrays.items()]
+
+
+class TextArray(TypeDecorator[list[str]]):
+    """``TEXT[]``, bound with psycopg as one array literal (``{"a","b"}``, a string that the
+    statement's ``::TEXT[]`` cast reads): psycopg adapts a list element by element, looking
+    up each element's dumper, which for the three arrays of a search took ~25 µs of Python
+    at every execution, more than everything else it sends. Other drivers get the list."""
+
+    impl = ARRAY(Text)
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.driver != "psycopg":
+            return self.impl_instance.bind_processor(dialect)
+        return _array_literal
+
+
+def _array_literal(values: Sequence[str] | None) -> str | None:
+    """PostgreSQL's text form of a one-dimensional array of strings, every element quoted."""
+    if values is None:
+        return None
+    quoted = (value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
 
 
 def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
