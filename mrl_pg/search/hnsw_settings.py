@@ -159,9 +159,9 @@ def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
     every managed setting; otherwise arrays without the missing ones, with a warning if the
     search asked for one of them."""
     known = pgvector_settings(conn)
-    missing = [name for name in MANAGED if name not in known]
-    if not missing:
+    if known.issuperset(MANAGED):
         return {}
+    missing = [name for name in MANAGED if name not in known]
     asked = [name for name, _ in settings if name in missing]
     if asked:
         warnings.warn(

@@ -88,6 +88,8 @@ class SearchOptions:
         """A hashable copy to key statement templates on: sequences as tuples, and prefixes
         given as attributes or columns named by their column key, so that ``Model.prefix`` and
         ``"prefix"`` share a template. None when a prefix choice is neither."""
+        if isinstance(self.prefix, str | None) and isinstance(self.candidates, int | None):
+            return self  # already hashable and keyed by name: the common case, kept cheap
         prefix = _as_tuple(self.prefix)
         candidates = _as_tuple(self.candidates)
         if isinstance(prefix, tuple):
