@@ -15,6 +15,8 @@ with the same settings (``search_path`` only):
 - ``compiled``: the SQL ``mrl_search`` compiles to, run on psycopg directly with the same
   bound values (the query vector bound as the library binds it); a version that makes its
   settings in a statement of their own runs that statement first, as it did;
+- ``sqlalchemy_text``: ``hand_inline``'s SQL as a ``text()`` on a SQLAlchemy Core connection
+  in autocommit mode (its own), the least SQLAlchemy adds to any statement it runs;
 - ``core_autocommit``: ``conn.execute(mrl_search(select(t.c.id), q, ...)).all()`` on a
   SQLAlchemy Core connection in autocommit mode;
 - ``core_commit``: the same on a connection in a transaction, ``conn.commit()`` per query;
@@ -68,6 +70,7 @@ METHODS = (
     "hand_inline",
     "hand_set_local",
     "compiled",
+    "sqlalchemy_text",
     "core_autocommit",
     "core_commit",
     "orm_session",
@@ -145,6 +148,8 @@ class Bench:
         )
         self.tx_engine = create_engine(url, connect_args={"options": options})
         self.core_ac = self.ac_engine.connect()
+        self.text_ac = self.ac_engine.connect()
+        register_vector(self.text_ac.connection.dbapi_connection)
         self.core_tx = self.tx_engine.connect()
         conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
         self.raw_ac = psycopg.connect(conninfo, autocommit=True, options=options)
@@ -164,6 +169,7 @@ class Bench:
             gate="WHERE s.applied IS NOT NULL ",
         )
         self.plain_sql = two_stage.format(settings="", gate="")
+        self.inline_text = text(self.inline_sql.replace("%(q)s", ":q").replace("%(p)s", ":p"))
         self.compiled_sql, self.compiled_params, self.bind_query, self.settings_sql = (
             self._compile()
         )
@@ -217,6 +223,10 @@ class Bench:
         params = dict(self.compiled_params)
         params["mrl_query"] = self.bind_query(query)
         return list(dbapi.execute(self.compiled_sql, params).fetchall())
+
+    def sqlalchemy_text(self, query: npt.NDArray[np.float32]) -> list[Any]:
+        values = {"q": query, "p": HalfVector(query[: self.prefix])}
+        return list(self.text_ac.execute(self.inline_text, values).all())
 
     def core_autocommit(self, query: npt.NDArray[np.float32]) -> list[Any]:
         return list(self.core_ac.execute(self._statement(query)).all())
@@ -312,7 +322,7 @@ class Bench:
         return out.getvalue()
 
     def close(self) -> None:
-        for conn in (self.core_ac, self.core_tx):
+        for conn in (self.core_ac, self.text_ac, self.core_tx):
             conn.close()
         for raw in (self.raw_ac, self.raw_tx):
             raw.close()
