@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 from weakref import WeakSet
 
@@ -148,8 +149,11 @@ class TextArray(TypeDecorator[list[str]]):
 
 def _array_literal(values: Sequence[str] | None) -> str | None:
     """PostgreSQL's text form of a one-dimensional array of strings, every element quoted."""
-    if values is None:
-        return None
+    return None if values is None else _literal_of(tuple(values))
+
+
+@lru_cache(maxsize=256)  # a search binds the same few arrays again and again
+def _literal_of(values: tuple[str, ...]) -> str:
     quoted = (value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
     return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
 

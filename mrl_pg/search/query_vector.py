@@ -9,6 +9,7 @@ The binary dumper is registered on each psycopg connection the first time a sear
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -59,13 +60,16 @@ def as_query_array(query: QueryLike, full: FullVector) -> npt.NDArray[np.float32
     return array
 
 
+_HEADER = struct.Struct(">HH")
+
+
 class BinaryQueryVector:
     """A query vector ready for psycopg's binary dumper."""
 
     __slots__ = ("payload",)
 
     def __init__(self, values: npt.NDArray[np.float32], half: bool) -> None:
-        header = np.array([len(values), 0], dtype=">u2").tobytes()
+        header = _HEADER.pack(len(values), 0)  # dimensions, then an unused word
         self.payload = header + values.astype(">f2" if half else ">f4").tobytes()
 
 
