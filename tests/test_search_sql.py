@@ -113,6 +113,11 @@ def test_bad_query_vectors(query: Any, message: str) -> None:
         Doc.mrl_search(query, prefix="cosine_vector")
 
 
+def test_huge_finite_query_values_are_searched() -> None:
+    huge = np.full(768, 1e30, dtype=np.float32)  # finite, though its squared norm is not
+    assert "ORDER BY docs.cosine_vector" in sql(Doc.mrl_search(huge, prefix="cosine_vector"))
+
+
 def test_query_beyond_halfvec_range() -> None:
     with pytest.raises(QueryVectorError, match="which a halfvec cannot hold"):
         Note.mrl_search([1e5] + [0.0] * 7)
