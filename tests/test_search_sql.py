@@ -45,8 +45,8 @@ def test_two_stage_shape() -> None:
         "AND mrl_settings.mrl_applied "
         "ORDER BY docs.cosine_halfvec <=> CAST(subvector(CAST(%(mrl_query)s AS VECTOR(768)), "
         "%(subvector_1)s::INTEGER, %(subvector_2)s::INTEGER) AS HALFVEC(128)) "
-        "LIMIT %(param_1)s::INTEGER) AS mrl_candidates_0 ON true "
-        "ORDER BY distance LIMIT %(param_2)s::INTEGER"
+        "LIMIT 100) AS mrl_candidates_0 ON true "
+        "ORDER BY distance LIMIT 10"
     )
     assert text.count("%(mrl_query)s") == 2, "one query parameter, used by both stages"
 

@@ -32,12 +32,15 @@ from typing import Any, TypeAlias
 from sqlalchemy import (
     BindParameter,
     Column,
+    ColumnElement,
+    Integer,
     Label,
     Select,
     Table,
     bindparam,
     cast,
     inspect,
+    literal_column,
     true,
 )
 from sqlalchemy import select as sql_select
@@ -136,7 +139,7 @@ class SearchPlan:
             SearchSelect(*self.columns, self.distance, settings=self.settings)
             .select_from(self.source)
             .order_by(self.distance)
-            .limit(self.k)
+            .limit(row_count(self.k))
         )
 
 
@@ -267,7 +270,7 @@ def plan_search(
         base.add_columns(*carried)
         .where(made.c.mrl_applied)
         .order_by(first.spec.index_distance(first.column, first.spec.expression(query_vector)))
-        .limit(counts[0])
+        .limit(row_count(counts[0]))
     )
     candidates_so_far: NamedFromClause = inner.lateral("mrl_candidates_0")
     source: FromClause = made.join(candidates_so_far, true())
@@ -280,7 +283,7 @@ def plan_search(
                     candidates_so_far.c[f"mrl_stage_{i}"], stage.spec.expression(query_vector)
                 )
             )
-            .limit(counts[i])
+            .limit(row_count(counts[i]))
         )
         candidates_so_far = source = narrowed.subquery(f"mrl_candidates_{i}")
 
@@ -304,6 +307,15 @@ def plan_search(
         full=full,
         names_unique=names_unique,
     )
+
+
+def row_count(count: int) -> ColumnElement[int]:
+    """A ``LIMIT`` as an SQL integer literal, not a bound value: psycopg prepares a statement
+    run five times, and PostgreSQL runs a prepared statement with one generic plan only when
+    that plan costs about what planning each execution does; with a bound ``LIMIT`` it cannot
+    know the row count, never picks the generic plan, and plans every search again (a sixth
+    of a fast search's time). Counts are checked positive integers before they get here."""
+    return literal_column(str(int(count)), Integer)
 
 
 def _as_tuple(value: Any) -> Any:
