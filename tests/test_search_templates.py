@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, bindparam, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
 from sqlalchemy.schema import CreateColumn
 from sqlalchemy.sql.cache_key import HasCacheKey
@@ -203,3 +203,21 @@ def test_concurrent_first_searches_of_one_shape_keep_their_own_filter_values(
     for worker in workers:
         worker.join(timeout=120)
     assert not errors and not wrong
+
+
+def test_values_a_select_was_given_with_params_reach_the_search(engine: Engine) -> None:
+    table = Table(
+        "tagged", MetaData(), Column("id", Integer, primary_key=True),
+        Column("grp", Integer), Column("embedding", VECTOR(DIMS)),
+    )
+    add_prefix_column(table, "embedding", 8)
+    ids = list(range(ROWS))
+    create_and_load(engine, table, "embedding", VECTORS, {"id": ids, "grp": [i % 8 for i in ids]})
+    shape = select(table.c.id, table.c.grp).where(table.c.grp == bindparam("group"))
+    with engine.connect() as conn:
+        for group in (3, 5, 3):
+            search = mrl_search(shape.params(group=group), QUERIES[0], k=5)
+            rows = conn.execute(search).all()
+            assert len(rows) == 5 and {row.grp for row in rows} == {group}
+        ordered = mrl_search(shape.params(group=6), QUERIES[0], k=5, prefix=[table.c.embedding_8])
+        assert {row.grp for row in conn.execute(ordered)} == {6}

@@ -182,14 +182,15 @@ def mrl_search(
         k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples
     )
     frozen = options.frozen()
+    own = _own_params(target)
     if frozen is None:
-        return plan_search(_base_select(target), query, options).select()
+        return plan_search(_base_select(target), query, options).select().params(own)
     generation = prefix_generation()  # read before anything is built from the prefixes
     binds: tuple[BindParameter[Any], ...] = ()
     if isinstance(target, Select):
         cache_key = target._generate_cache_key()
         if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
-            return plan_search(target, query, options).select()
+            return plan_search(target, query, options).select().params(own)
         slot: tuple[Any, ...] = (generation, cache_key.key, frozen)
         binds = tuple(cache_key.bindparams)
     else:
@@ -206,6 +207,7 @@ def mrl_search(
     values = {
         old.key: new.effective_value for old, new in zip(template.binds, binds, strict=True)
     }
+    values.update(own)
     values[QUERY_PARAM] = as_query_array(query, template.full)
     search = template.statement.params(values)
     if template.cache_key is not None:
@@ -307,6 +309,16 @@ def plan_search(
         full=full,
         names_unique=names_unique,
     )
+
+
+def _own_params(target: SearchTarget) -> dict[str, Any]:
+    """Values a ``select()`` target was given with ``.params()``. SQLAlchemy 2.1 keeps them on
+    the statement, apart from its bound parameters, and a statement that embeds the select
+    (the search) does not take them over; 2.0 puts them in the bound parameters, whose values
+    the search carries anyway."""
+    if not isinstance(target, Select):
+        return {}
+    return dict(getattr(target, "_params", None) or {})
 
 
 def row_count(count: int) -> ColumnElement[int]:
