@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.schema import CreateSchema, DropSchema
 
 from mrl_pg.errors import NoDatabaseError
 
@@ -82,7 +83,7 @@ def scratch_schema(
         create_vector_extension(server)
     schema = f"{name_prefix}_{uuid.uuid4().hex[:12]}"
     with server.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        conn.execute(CreateSchema(schema))
     options = f"-c search_path={schema},public {engine_options.pop('options', '')}".strip()
     engine = create_engine(url, connect_args={"options": options}, **engine_options)
     try:
@@ -90,6 +91,6 @@ def scratch_schema(
     finally:
         engine.dispose()
         with server.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(DropSchema(schema, cascade=True))
         if admin is None:
             server.dispose()

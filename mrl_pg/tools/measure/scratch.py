@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import Column, Engine, Index, Integer, MetaData, Table, text
+from sqlalchemy.schema import CreateSchema, DropSchema
 
 from mrl_pg.load import copy_vectors
 from mrl_pg.prefix.declare import Prefix, add_prefix_column, prefixes_of
 from mrl_pg.prefix.spec import Distance, Storage
+from mrl_pg.sqltext import TableRef
 from mrl_pg.tools.measure.inputs import Dataset
 from mrl_pg.tools.measure.progress import enabled, index_build_bar
 
@@ -85,7 +87,7 @@ class ScratchTable:
 
     @property
     def qualified_name(self) -> str:
-        return f'"{self.schema}"."{TABLE}"'
+        return TableRef(TABLE, self.schema).sql
 
     def prefix(self, dims: int, storage: Storage) -> Prefix:
         name = prefix_column_name(dims, storage)
@@ -94,7 +96,7 @@ class ScratchTable:
     def create(self) -> None:
         """Create the schema and table, load the rows, analyse; no HNSW index yet."""
         with self.engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            conn.execute(CreateSchema(self.schema))
             self.table.create(conn)
             for index in self.table.indexes:
                 index.drop(conn)
@@ -141,7 +143,7 @@ class ScratchTable:
 
     def drop(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            conn.execute(DropSchema(self.schema, cascade=True, if_exists=True))
 
 
 def prefix_column_name(dims: int, storage: Storage) -> str:
