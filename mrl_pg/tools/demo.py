@@ -43,6 +43,7 @@ from mrl_pg.errors import DemoConflictError
 from mrl_pg.load import copy_vectors
 from mrl_pg.prefix.declare import add_prefix_column
 from mrl_pg.search.statement import mrl_search
+from mrl_pg.sqltext import TableRef
 from mrl_pg.tools.server import create_vector_extension, database_url
 from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
 
@@ -147,7 +148,7 @@ def _migrate(engine: Engine, config: Config, revision: str, what: str) -> None:
     started = time.perf_counter()
     command.upgrade(config, revision)
     with engine.begin() as conn:
-        conn.execute(text(f"ANALYZE {TABLE}"))
+        conn.execute(text(f"ANALYZE {TableRef(TABLE).sql}"))
     step = "2" if revision == "0002" else "3"
     print(f"{step}. alembic upgrade {revision}: {what}, index "
           f"{_index_size(engine, 'ix_mrl_pg_demo_items_embedding_mrl_hnsw')} "

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from mrl_pg.errors import NoDatabaseError
+from mrl_pg.sqltext import ident, literal
 
 #: Server settings fit for HNSW builds on a developer machine.
 EMBEDDED_SETTINGS = {"maintenance_work_mem": "1GB", "max_parallel_maintenance_workers": "2"}
@@ -43,7 +44,7 @@ def embedded_url() -> str:
         server = get_server(data_dir, cleanup_mode="delete")
     _servers.append(server)
     for name, value in EMBEDDED_SETTINGS.items():
-        server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
+        server.psql(f"ALTER SYSTEM SET {ident(name)} = {literal(value)};")
     server.psql("SELECT pg_reload_conf();")
     return str(server.get_uri(driver="psycopg"))
 
