@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateSchema, DropSchema
 
 from mrl_pg import add_prefix_column, mrl_search
 from mrl_pg.alembic import MRLPrefix
@@ -117,7 +118,7 @@ def pooled(direct_url: str) -> Iterator[Engine]:
     admin = create_engine(direct_url, connect_args={"options": f"-c search_path={SCHEMA},public"})
     with admin.begin() as conn:
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-        conn.execute(text(f'CREATE SCHEMA "{SCHEMA}"'))
+        conn.execute(CreateSchema(SCHEMA))
         items.create(conn)
         for index in items.indexes:
             index.drop(conn)
@@ -138,7 +139,7 @@ def pooled(direct_url: str) -> Iterator[Engine]:
     finally:
         engine.dispose()
         with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{SCHEMA}" CASCADE'))
+            conn.execute(DropSchema(SCHEMA, cascade=True))
         admin.dispose()
 
 

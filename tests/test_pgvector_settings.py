@@ -17,6 +17,7 @@ from mrl_pg.search import hnsw_settings
 from mrl_pg.search.hnsw_settings import MANAGED, Settings, TextArray, settings_subquery
 from mrl_pg.search.search_select import SearchSelect
 from mrl_pg.sql import install
+from mrl_pg.sqltext import ident
 
 SHOW_EF_SEARCH = text("SELECT current_setting('hnsw.ef_search')")
 
@@ -48,7 +49,7 @@ def database_without_pgvector(database_url: str, server_engine: Engine) -> Itera
     admin = server_engine.execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         try:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f"CREATE DATABASE {ident(name)}"))
         except ProgrammingError as error:
             pytest.skip(f"cannot create a database here: {error.orig}")
     engine = create_engine(make_url(database_url).set(database=name))
@@ -57,7 +58,7 @@ def database_without_pgvector(database_url: str, server_engine: Engine) -> Itera
     finally:
         engine.dispose()
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}"'))
+            conn.execute(text(f"DROP DATABASE {ident(name)}"))
 
 
 def test_a_text_array_reaches_the_server_element_for_element(engine: Engine) -> None:

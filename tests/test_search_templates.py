@@ -167,18 +167,25 @@ def test_a_prefix_added_after_a_search_is_searched_with(
         assert len(rows) == 5 and all(row.id % 2 == 0 for row in rows)
 
 
-def test_concurrent_first_searches_of_one_shape_keep_their_own_filter_values(
-    engine: Engine,
-) -> None:
-    """Threads that build the template of one ``select()`` shape at the same moment, each
-    with its own filter value, each get rows of their own value only."""
+def grouped_table(engine: Engine, name: str) -> Table:
+    """A loaded table of the test vectors, each row in one of 8 groups (``grp``), with an
+    8-dim prefix."""
     table = Table(
-        "grouped", MetaData(), Column("id", Integer, primary_key=True),
+        name, MetaData(), Column("id", Integer, primary_key=True),
         Column("grp", Integer), Column("embedding", VECTOR(DIMS)),
     )
     add_prefix_column(table, "embedding", 8)
     ids = list(range(ROWS))
     create_and_load(engine, table, "embedding", VECTORS, {"id": ids, "grp": [i % 8 for i in ids]})
+    return table
+
+
+def test_concurrent_first_searches_of_one_shape_keep_their_own_filter_values(
+    engine: Engine,
+) -> None:
+    """Threads that build the template of one ``select()`` shape at the same moment, each
+    with its own filter value, each get rows of their own value only."""
+    table = grouped_table(engine, "grouped")
     threads, searches_each = 4, 6
     start = threading.Barrier(threads)
     wrong: list[tuple[int, list[int]]] = []
@@ -206,13 +213,7 @@ def test_concurrent_first_searches_of_one_shape_keep_their_own_filter_values(
 
 
 def test_values_a_select_was_given_with_params_reach_the_search(engine: Engine) -> None:
-    table = Table(
-        "tagged", MetaData(), Column("id", Integer, primary_key=True),
-        Column("grp", Integer), Column("embedding", VECTOR(DIMS)),
-    )
-    add_prefix_column(table, "embedding", 8)
-    ids = list(range(ROWS))
-    create_and_load(engine, table, "embedding", VECTORS, {"id": ids, "grp": [i % 8 for i in ids]})
+    table = grouped_table(engine, "tagged")
     shape = select(table.c.id, table.c.grp).where(table.c.grp == bindparam("group"))
     with engine.connect() as conn:
         for group in (3, 5, 3):
