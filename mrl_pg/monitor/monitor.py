@@ -104,9 +104,9 @@ class RecallMonitor:
         self._closed = False
         self._connections = check_connections(engine, replica, max_concurrent)
         self._queue: CheckQueue[SampledSearch] = CheckQueue(max_pending)
-        self._workers = start_workers(
-            self._queue, max_concurrent, self._check, self._connections.end_thread
-        )
+        self._live_workers = max_concurrent
+        self._workers = start_workers(self._queue, max_concurrent, self._check,
+                                      self._worker_ended)
         SEARCH_OBSERVERS[self._dialect] = self._observe
 
     @classmethod
@@ -257,6 +257,16 @@ class RecallMonitor:
             self._failing = False
         self._count("checked")
 
+    def _worker_ended(self) -> None:
+        """A worker thread ends (the monitor is closed): it closes its connections, and the
+        last one closes the monitor's pool."""
+        self._connections.end_thread()
+        with self._lock:
+            self._live_workers -= 1
+            last = self._live_workers == 0
+        if last:
+            self._connections.close()
+
     def _failed(self, exc: Exception) -> None:
         """Count and log a failure: the first of a run of failures at WARNING, the others
         at DEBUG, so that a replica that is down does not flood the log."""
@@ -317,9 +327,9 @@ class RecallMonitor:
         """Stop sampling at once, then finish: with ``drain``, the checks already queued run
         (each bounded by ``statement_timeout``); without, they are dropped (and counted) and
         only the running ones finish. Waits at most ``timeout`` seconds for the worker
-        threads; checks still running then are left to end on their own (logged), and
-        their connections closed by their threads. Returns the final snapshot. Closing
-        twice is harmless."""
+        threads; checks still running then are left to end on their own (logged); the last
+        worker thread to end closes the monitor's connections. Returns the snapshot at the
+        end of the wait. Closing twice is harmless."""
         with self._lock:
             closing = not self._closed
             self._closed = True
@@ -329,9 +339,7 @@ class RecallMonitor:
             dropped = self._queue.close(drop=not drain)
             with self._lock:
                 self._counts["dropped"] += dropped
-            if join_all(self._workers, timeout):
-                self._connections.close()
-            else:
+            if not join_all(self._workers, timeout) and self._queue.pending:
                 logger.warning(
                     "%d recall checks still running %s s after close(); left to end on "
                     "their own", self._queue.pending, timeout,
