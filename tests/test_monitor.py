@@ -11,6 +11,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import mrl_prefix, mrl_search
 from mrl_pg.errors import MonitorConfigError
-from mrl_pg.monitor import MonitorSnapshot, RecallFigure, RecallMonitor, query_hash
+from mrl_pg.monitor import (
+    CheckedQuery,
+    MonitorSnapshot,
+    RecallFigure,
+    RecallMonitor,
+    query_hash,
+)
+from mrl_pg.monitor.figures import Figures
 from mrl_pg.sqltext import ident
 from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, normalize, queries_near
 from tests.conftest import schema_engine
@@ -436,3 +444,24 @@ def test_one_monitor_per_engine(engine: Engine) -> None:
     finally:
         first.close()
     RecallMonitor.attach(engine, 0.0).close()  # attachable again once closed
+
+
+def test_a_recall_hovering_at_the_threshold_warns_once(
+    monitor_log: pytest.LogCaptureFixture,
+) -> None:
+    figures = Figures(window=2, min_checks=2, threshold=0.9, worst=3, gauges=None)
+
+    def check(recall: float) -> CheckedQuery:
+        return CheckedQuery(datetime.now(timezone.utc), "t", "p", None, 10, recall, "h", None)
+
+    # window means: 0.85 (warns), 0.85, 0.91 (above the threshold, not by the margin), 0.76
+    for recall in [1.0, 0.7, 1.0, 0.82, 0.7] * 3:
+        figures.record(check(recall))
+    assert len(warnings_about(monitor_log, "of t prefix p is")) == 1
+    figures.record(check(1.0))
+    figures.record(check(1.0))  # 1.0: cleared, logged at INFO
+    figures.record(check(0.0))  # 0.5: a new crossing
+    assert len(warnings_about(monitor_log, "of t prefix p is")) == 2
+    tables, segments, worst = figures.figures()
+    assert [w.recall for w in worst] == [0.0, 1.0] and segments == ()
+    assert tables[0].below_threshold and tables[0].recall == pytest.approx(0.5)

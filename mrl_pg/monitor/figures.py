@@ -5,7 +5,8 @@ A window is the last ``window`` checks of one table and prefix (all its searches
 segment of them. Its recall is the mean recall@k of those checks, each at its own search's k.
 A window warns (logger ``mrl_pg.monitor``, level WARNING) when its recall first falls below the
 threshold with at least ``min_checks`` checks in it, and not again until it has risen back to
-the threshold (logged at INFO): once per crossing, not once per check.
+``RECOVERY_MARGIN`` above the threshold (logged at INFO): once per crossing, not once per
+check, and a recall hovering at the threshold does not warn again at every other check.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from mrl_pg.monitor.prometheus import RecallGauges
 
 logger = logging.getLogger("mrl_pg.monitor")
 
+#: How far above the threshold a flagged window's recall must rise to clear the flag.
+RECOVERY_MARGIN = 0.02
+
 
 @dataclass(frozen=True)
 class RecallFigure:
     """Rolling recall of one table and prefix (``segment`` None: all its searches) or of one
     segment of them: the mean recall@k of the last ``checks`` checks, the lowest of them, and
-    whether the mean is below the monitor's threshold (with at least ``min_checks`` checks)."""
+    whether the window is flagged: its mean fell below the monitor's threshold (with at least
+    ``min_checks`` checks) and has not risen back to the threshold plus ``RECOVERY_MARGIN``."""
 
     table: str
     prefix: str
@@ -146,7 +151,7 @@ class Figures:
                 "raise its candidates, use a larger prefix, or route it to the full index",
                 describe(key), recall, len(window.checks), self._threshold,
             )
-        elif recall >= self._threshold and window.below:
+        elif window.below and recall >= min(self._threshold + RECOVERY_MARGIN, 1.0):
             window.below = False
             logger.info(
                 "recall@k of %s is back to %.3f over its last %d checks (threshold %.3f)",
