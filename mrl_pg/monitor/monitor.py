@@ -35,6 +35,7 @@ from mrl_pg.monitor.figures import CheckedQuery, Figures, MonitorSnapshot
 from mrl_pg.monitor.prometheus import recall_gauges
 from mrl_pg.monitor.workers import CheckQueue, join_all, start_workers
 from mrl_pg.search.search_select import SEARCH_OBSERVERS, SearchSelect
+from mrl_pg.search.statement import SearchRequest
 
 logger = logging.getLogger("mrl_pg.monitor")
 
@@ -180,23 +181,22 @@ class RecallMonitor:
         distilled_params: Any,
         execution_options: Any,
     ) -> None:
-        if self._draw() >= self.sample_rate:
-            return
+        request = search.search_request
+        if request is None or self._draw() >= self.sample_rate:
+            return  # a statement not made by mrl_search (a check's own), or not sampled
         try:
-            self._sample(search, connection, distilled_params, execution_options)
+            self._sample(request, search, connection, distilled_params, execution_options)
         except Exception as exc:  # the user's search has succeeded; never fail it
             self._failed(exc)
 
     def _sample(
         self,
+        request: SearchRequest,
         search: SearchSelect,
         connection: Connection,
         distilled_params: Any,
         execution_options: Any,
     ) -> None:
-        request = search.search_request
-        if request is None:  # a search statement not made by mrl_search, or a check's own
-            return
         options: dict[str, Any] = {
             **search.get_execution_options(),
             **connection.get_execution_options(),

@@ -86,7 +86,8 @@ def evaluate_segments(args: argparse.Namespace) -> dict[str, Any]:
         ranking.candidates,
         args.target_recall,
         args.plot,
-        f"recall@{args.k} by {args.segment}, {ranking.candidates} candidates; {data.source}",
+        f"recall@{args.k} by {args.segment}, {ranking.candidates} candidates, exact prefix "
+        "ranking then full rerank",
     )
     print(f"plot written to {args.plot}")
     return document
