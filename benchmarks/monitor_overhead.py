@@ -99,10 +99,15 @@ def observer_us(engine: Engine, table: Table, query: Any) -> dict[str, float]:
 
     The checks run on an engine whose one connection is held meanwhile, so that only the
     searching thread's side is timed (the queue fills and further samples are dropped, as
-    under overload; sampling and copying happen all the same)."""
+    under overload; sampling and copying happen all the same). Closing with ``timeout=0``
+    logs that a check is still running: the one waiting for that connection, which runs
+    once the connection is given back."""
     search = mrl_search(select(table.c.id), query, 10)
-    stalled = create_engine(engine.url, pool_size=1, max_overflow=0)
-    results = {}
+    with engine.connect() as conn:
+        schema = conn.execute(select(func.current_schema())).scalar_one()
+    stalled = create_engine(engine.url, pool_size=1, max_overflow=0,
+                            connect_args={"options": f"-c search_path={schema},public"})
+    results, monitors = {}, []
     with engine.connect() as conn, stalled.connect():
         for name, rate in (("unsampled (look-up + draw)", 0.0), ("sampled (copy + queue)", 1.0)):
             monitor = RecallMonitor.attach(engine, rate, max_pending=1, max_concurrent=1,
@@ -116,7 +121,10 @@ def observer_us(engine: Engine, table: Table, query: Any) -> dict[str, float]:
                     observe(search, conn, [], {})
                 samples.append((time.perf_counter() - start) / calls * 1e6)
             monitor.close(drain=False, timeout=0)
+            monitors.append(monitor)
             results[name] = statistics.median(samples)
+    for monitor in monitors:
+        monitor.wait_idle(timeout=60)
     stalled.dispose()
     return results
 

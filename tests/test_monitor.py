@@ -18,10 +18,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Engine, Integer, MetaData, create_engine, make_url, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from mrl_pg import mrl_prefix, mrl_search
+from mrl_pg import MRLQuery, add_prefix_column, copy_vectors, mrl_prefix, mrl_search
 from mrl_pg.errors import MonitorConfigError
 from mrl_pg.monitor import (
     CheckedQuery,
@@ -465,3 +475,38 @@ def test_a_recall_hovering_at_the_threshold_warns_once(
     tables, segments, worst = figures.figures()
     assert [w.recall for w in worst] == [0.0, 1.0] and segments == ()
     assert tables[0].below_threshold and tables[0].recall == pytest.approx(0.5)
+
+
+def test_legacy_query_searches_are_checked(engine: Engine) -> None:
+    query = QUERIES[0][1]
+    with RecallMonitor.attach(engine, 1.0) as monitor:
+        with sessionmaker(engine, query_cls=MRLQuery)() as session:
+            rows = session.query(Item).filter(Item.tenant == 0).mrl_search(
+                query, k=K, prefix=PREFIX_64
+            ).all()
+        assert monitor.wait_idle(timeout=60)
+        snapshot = monitor.snapshot()
+    expected = recall_of([item.id for item, _ in rows], truth_in_tenant(0, query))
+    assert snapshot.checked == 1
+    assert figure(snapshot, PREFIX_64, None).recall == pytest.approx(expected)
+
+
+def test_a_table_without_primary_key_is_skipped_and_said_once(
+    engine: Engine, monitor_log: pytest.LogCaptureFixture
+) -> None:
+    table = Table("keyless", MetaData(), Column("embedding", VECTOR(8)))
+    add_prefix_column(table, "embedding", 4)
+    with engine.begin() as conn:
+        table.create(conn)
+        copy_vectors(conn, table, "embedding", VECTORS[:50, :8], {})
+    try:
+        with RecallMonitor.attach(engine, 1.0) as monitor, engine.connect() as conn:
+            for query in VECTORS[50:53, :8]:
+                assert len(conn.execute(mrl_search(table, query, 3)).all()) == 3
+            assert monitor.wait_idle(timeout=60)
+            snapshot = monitor.snapshot()
+    finally:
+        with engine.begin() as conn:
+            table.drop(conn)
+    assert (snapshot.sampled, snapshot.skipped, snapshot.checked) == (3, 3, 0)
+    assert len(warnings_about(monitor_log, "has no primary key")) == 1
