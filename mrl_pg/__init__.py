@@ -8,6 +8,7 @@ from importlib import metadata
 
 from mrl_pg.errors import (
     ConnectionClosedError,
+    DistributionError,
     IndexLimitError,
     LoadDataError,
     MissingDependencyError,
@@ -35,6 +36,7 @@ __version__ = metadata.version("mrl-pg")
 __all__ = [
     "ConnectionClosedError",
     "Distance",
+    "DistributionError",
     "IndexLimitError",
     "IterativeScan",
     "LoadDataError",

@@ -18,6 +18,7 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
+from mrl_pg.alembic.citus import refuse_online_change
 from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
 from mrl_pg.alembic.online.run import run_online
@@ -149,6 +150,7 @@ def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
     table = TableRef(operation.table_name, operation.schema)
     check(operations, table, dropping=operation.prefix)
     if operation.online:
+        refuse_online_change(operations, table)
         operations.execute(locked_ddl(table, "drop", _drop_sql(table, operation.prefix)))
     else:
         _drop(operations, table, operation.prefix)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
@@ -57,6 +58,7 @@ from mrl_pg.prefix.declare import (
     prefixes_of,
 )
 from mrl_pg.prefix.spec import FullVector
+from mrl_pg.search.citus import DistributedForm, distributed_stages
 from mrl_pg.search.defaults import (
     IterativeScan,
     candidate_counts,
@@ -86,6 +88,7 @@ class SearchOptions:
     ef_search: int | None = None
     iterative_scan: IterativeScan | str | None = None
     max_scan_tuples: int | None = None
+    distributed: bool | None = None
 
     def frozen(self) -> SearchOptions | None:
         """A hashable copy to key statement templates on: sequences as tuples, and prefixes
@@ -133,10 +136,13 @@ class SearchPlan:
     settings: Settings
     full: FullVector
     names_unique: bool
+    distributed: bool = False
 
     def select(self) -> SearchSelect:
         return (
-            SearchSelect(*self.columns, self.distance, settings=self.settings)
+            SearchSelect(
+                *self.columns, self.distance, settings=self.settings, distributed=self.distributed
+            )
             .select_from(self.source)
             .order_by(self.distance)
             .limit(row_count(self.k))
@@ -154,6 +160,7 @@ def mrl_search(
     ef_search: int | None = None,
     iterative_scan: IterativeScan | str | None = None,
     max_scan_tuples: int | None = None,
+    distributed: bool | None = None,
 ) -> SearchSelect:
     """Nearest neighbours of ``query``: a ``Select`` of the target's entities (or columns)
     plus a ``distance`` column, the exact full-dimension distance, nearest first.
@@ -174,31 +181,38 @@ def mrl_search(
       candidates, untouched otherwise.
     - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan; a filtered
       search raises it to 100,000 (and ``hnsw.scan_mem_multiplier`` to 2) unless given.
+    - ``distributed``: the form of the statement for a table sharded by Citus (see
+      docs/citus.md). True builds the distributed form: each shard runs the first stage and
+      returns its candidates' exact distances instead of their full vectors, and the settings
+      are made with ``SET LOCAL`` so that they reach the shards. False builds the single-node
+      form only. By default the single-node form is built, and runs in its distributed form
+      on a connection whose database has the ``citus`` extension (asked once per connection).
 
     Statements are built once per model, table or shape of ``select()`` and set of options,
     then reused with the new values bound, so repeated searches cost little Python time.
     """
     options = SearchOptions(
-        k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples
+        k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples, distributed
     )
     frozen = options.frozen()
     own = _own_params(target)
     if frozen is None:
-        return plan_search(_base_select(target), query, options).select().params(own)
+        return searched(_base_select(target), query, options).params(own)
     generation = prefix_generation()  # read before anything is built from the prefixes
     binds: tuple[BindParameter[Any], ...] = ()
     if isinstance(target, Select):
         cache_key = target._generate_cache_key()
         if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
-            return plan_search(target, query, options).select().params(own)
+            return searched(target, query, options).params(own)
         slot: tuple[Any, ...] = (generation, cache_key.key, frozen)
         binds = tuple(cache_key.bindparams)
     else:
         slot = (generation, target, frozen)
     template = _TEMPLATES.get(slot)
     if template is None:
-        plan = plan_search(_base_select(target), None, options)
-        statement = plan.select()
+        base = _base_select(target)
+        plan = plan_search(base, None, options)
+        statement = with_distributed_form(plan.select(), base, None, options)
         template = _Template(statement, plan.full, binds, statement._generate_cache_key())
         if plan.names_unique:
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
@@ -210,6 +224,8 @@ def mrl_search(
     values.update(own)
     values[QUERY_PARAM] = as_query_array(query, template.full)
     search = template.statement.params(values)
+    if search.distributed_form is not None:
+        search.bound_values = values
     if template.cache_key is not None:
         search.share_cache_key(template.cache_key)
     return search
@@ -263,6 +279,20 @@ def plan_search(
     query_param: BindParameter[Any] = bindparam(QUERY_PARAM, vector, type_=QueryVectorType(full))
     query_vector = cast(query_param, full.sql_type())
 
+    if options.distributed:
+        row_counts = [row_count(count) for count in counts]
+        last, distance = distributed_stages(base, stages, row_counts, query_vector)
+        return SearchPlan(
+            columns=[_rebind(description, last) for description in base.column_descriptions],
+            source=last,
+            distance=distance.label(DISTANCE_LABEL),
+            k=k,
+            settings=settings,
+            full=full,
+            names_unique=_names_unique(stages, available),
+            distributed=True,
+        )
+
     first = stages[0]
     carried = [first.full_column.label("mrl_full")] + [
         stage.column.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
@@ -295,11 +325,6 @@ def plan_search(
         .label(DISTANCE_LABEL)
     )
     columns = [_rebind(description, candidates_so_far) for description in base.column_descriptions]
-    names_unique = all(
-        sum(name in (p.name, p.column.key) for p in available) == 1
-        for stage in stages
-        for name in (stage.name, stage.column.key)
-    )
     return SearchPlan(
         columns=columns,
         source=source,
@@ -307,7 +332,34 @@ def plan_search(
         k=k,
         settings=settings,
         full=full,
-        names_unique=names_unique,
+        names_unique=_names_unique(stages, available),
+    )
+
+
+def searched(base: Select[Any], query: QueryLike | None, options: SearchOptions) -> SearchSelect:
+    """The search statement of ``base`` (see :func:`plan_search`), able to run in its
+    distributed form on Citus unless ``options`` chose a form."""
+    return with_distributed_form(plan_search(base, query, options).select(), base, query, options)
+
+
+def with_distributed_form(
+    search: SearchSelect, base: Select[Any], query: QueryLike | None, options: SearchOptions
+) -> SearchSelect:
+    """``search``, told how to build its distributed form when ``options`` leave the form
+    to the connection (``distributed=None``); the form is built the first time it runs."""
+    if options.distributed is None:
+        distributed = replace(options, distributed=True)
+        search.distributed_form = DistributedForm(
+            search, cache(lambda: plan_search(base, query, distributed).select())
+        )
+    return search
+
+
+def _names_unique(stages: list[Prefix], available: list[Prefix]) -> bool:
+    return all(
+        sum(name in (p.name, p.column.key) for p in available) == 1
+        for stage in stages
+        for name in (stage.name, stage.column.key)
     )
 
 
@@ -443,4 +495,12 @@ def _rebind(description: dict[str, Any], candidates: NamedFromClause) -> Any:
 
 
 
-__all__ = ["IterativeScan", "SearchOptions", "SearchPlan", "mrl_search", "plan_search"]
+__all__ = [
+    "IterativeScan",
+    "SearchOptions",
+    "SearchPlan",
+    "mrl_search",
+    "plan_search",
+    "searched",
+    "with_distributed_form",
+]
