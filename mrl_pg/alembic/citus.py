@@ -35,3 +35,11 @@ def refuse_online_change(operations: Operations, table: TableRef) -> None:
             " would not run on the shards. Use online=False: Citus adds the generated column"
             " and builds its HNSW index on every shard, each shard rewritten under its lock"
         )
+
+
+def may_have_triggers(operations: Operations, table: TableRef) -> bool:
+    """Whether ``table`` may carry a trigger of an online change: not when Citus distributes
+    it; in ``--sql`` mode, which cannot tell, it may."""
+    if operations.get_context().as_sql:
+        return True
+    return not is_distributed(operations.get_bind(), table.name, schema=table.schema)
