@@ -2,7 +2,8 @@
 statement that ships full vectors, and brute force; across all shards and routed to one.
 
     python benchmarks/citus_search.py [--rows 200000] [--dims 768] [--prefix 128]
-        [--shards 32] [--tenants 100] [--queries 100] [--keep]
+        [--shards 32] [--tenants 100] [--queries 100] [--candidates 80 160]
+        [--library-only] [--keep]
 
 The database is ``MRL_PG_CITUS_DSN`` (default: the local cluster of
 ``../shared/citus/citus-cluster.sh``, ``postgresql+psycopg://postgres@127.0.0.1:9700/postgres``).
@@ -13,7 +14,8 @@ connection in autocommit mode; recall@k is against exact numpy neighbours. Bytes
 query are what Citus' ``EXPLAIN ANALYZE`` reports as received from the workers (``Tuple data
 received from nodes``), averaged over a few queries.
 
-- ``mrl_pg``: ``mrl_search`` (the distributed form: shards send ids and exact distances);
+- ``mrl_pg``: ``mrl_search`` (the distributed form: shards send ids and exact distances),
+  with its default candidates and with each count of ``--candidates``;
 - ``vectors shipped``: the same two stages written as one node would, the first stage carrying
   the full vectors to the coordinator, which reranks them (the statement the issue measured);
 - ``brute force``: ``ORDER BY embedding <=> q LIMIT k``, exact, each shard scanning all rows.
@@ -100,12 +102,12 @@ def prepare(engine: Engine, table: Table, vectors: Vectors, shards: int, tenants
     print(f"built the HNSW indexes of {shards} shards in {time.perf_counter() - started:.0f} s")
 
 
-def by_library(table: Table) -> Search:
+def by_library(table: Table, candidates: int | None) -> Search:
     def run(conn: Connection, query: Vectors, tenant: int | None) -> list[Any]:
         base: Any = table.select().with_only_columns(table.c.id)
         if tenant is not None:
             base = base.where(table.c.tenant == tenant)
-        return list(conn.execute(mrl_search(base, query, K)))
+        return list(conn.execute(mrl_search(base, query, K, candidates=candidates)))
 
     return run
 
@@ -188,6 +190,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=32)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--candidates", type=int, nargs="*", default=[],
+                        help="also run mrl_search with these candidate counts")
+    parser.add_argument("--library-only", action="store_true",
+                        help="measure mrl_search only (brute force takes seconds per query)")
     parser.add_argument("--keep", action="store_true", help="keep the table for the next run")
     args = parser.parse_args()
 
@@ -206,11 +212,12 @@ def main() -> None:
         tenant_neighbors(vectors, q, ids[ids % args.tenants == t])
         for q, t in zip(queries, tenants, strict=True)
     ])
-    methods = {
-        "mrl_pg": by_library(table),
-        "vectors shipped": vectors_shipped(args.prefix),
-        "brute force": BRUTE_FORCE,
-    }
+    methods = {"mrl_pg": by_library(table, None)}
+    methods.update({f"mrl_pg c={n}": by_library(table, n) for n in args.candidates})
+    if not args.library_only:
+        methods.update(
+            {"vectors shipped": vectors_shipped(args.prefix), "brute force": BRUTE_FORCE}
+        )
     print(f"{args.rows} x {args.dims}, prefix {args.prefix} halfvec, {args.shards} shards, "
           f"{args.queries} queries, k={K}")
     print(f"{'method':<18}{'scope':<14}{'recall@10':>10}{'p50 ms':>9}{'p99 ms':>9}"
@@ -225,10 +232,11 @@ def main() -> None:
             results[name, scope] = figures
             print(f"{name:<18}{scope:<14}{figures['recall']:>10.3f}{figures['p50']:>9.1f}"
                   f"{figures['p99']:>9.1f}{figures['bytes'] / 1024:>10.1f}")
-    brute = results["brute force", "all shards"]["p50"]
-    for name in ("mrl_pg", "vectors shipped"):
-        print(f"p50 of {name} across all shards / brute force: "
-              f"{results[name, 'all shards']['p50'] / brute:.2f}")
+    if ("brute force", "all shards") in results:
+        brute = results["brute force", "all shards"]["p50"]
+        for name in methods:
+            print(f"p50 of {name} across all shards / brute force: "
+                  f"{results[name, 'all shards']['p50'] / brute:.2f}")
     if not args.keep:
         with engine.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {ident(SCHEMA)} CASCADE"))
