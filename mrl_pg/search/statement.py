@@ -20,7 +20,8 @@ stage narrows the previous one's candidates before the final rerank.
 :class:`~mrl_pg.search.search_select.SearchSelect`. Statements are built once per target and
 options (a template without the query vector), then reused with the new values bound; the
 templates are keyed on :func:`~mrl_pg.prefix.declare.prefix_generation`, so a prefix declared
-later is seen.
+later is seen. On a database sharded by Citus a search runs in a distributed form instead, built
+by :func:`~mrl_pg.search.citus.distributed_stages` (see :mod:`mrl_pg.search.citus`).
 """
 
 from __future__ import annotations
