@@ -8,6 +8,7 @@ from importlib import metadata
 
 from mrl_pg.errors import (
     ConnectionClosedError,
+    DistributionError,
     IndexLimitError,
     LoadDataError,
     MissingDependencyError,
@@ -36,6 +37,7 @@ __version__ = metadata.version("mrl-pg")
 __all__ = [
     "ConnectionClosedError",
     "Distance",
+    "DistributionError",
     "IndexLimitError",
     "IterativeScan",
     "LoadDataError",

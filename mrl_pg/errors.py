@@ -50,6 +50,11 @@ class MissingExtensionError(MRLError, RuntimeError):
     its pgvector is older than what was asked for needs."""
 
 
+class DistributionError(MRLError, RuntimeError):
+    """A table cannot be handed to Citus as asked: the database has no ``citus`` extension,
+    or an argument is out of range."""
+
+
 class LoadDataError(MRLError, ValueError):
     """Data given to ``copy_vectors``/``copy_rows`` does not fit: vectors of the wrong shape or
     dimension, or other columns of a different length than the vectors."""

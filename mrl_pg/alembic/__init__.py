@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from mrl_pg.alembic import autogen
 from mrl_pg.alembic.checks import MigrationCheckError
+from mrl_pg.alembic.citus import DistributedTableError
 from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.run import abandon_online_change
 from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixOp
@@ -22,6 +23,7 @@ autogen.register()
 
 __all__ = [
     "AddMRLPrefixOp",
+    "DistributedTableError",
     "DropMRLPrefixOp",
     "MRLPrefix",
     "MigrationCheckError",

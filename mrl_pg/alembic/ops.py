@@ -18,6 +18,7 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Computed, column
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
+from mrl_pg.alembic.citus import may_have_triggers, refuse_online_change
 from mrl_pg.alembic.migration_prefix import MRLPrefix
 from mrl_pg.alembic.online.change import DEFAULT_BATCH_SIZE, OnlineChange, locked_ddl
 from mrl_pg.alembic.online.run import run_online
@@ -149,6 +150,7 @@ def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
     table = TableRef(operation.table_name, operation.schema)
     check(operations, table, dropping=operation.prefix)
     if operation.online:
+        refuse_online_change(operations, table)
         operations.execute(locked_ddl(table, "drop", _drop_sql(table, operation.prefix)))
     else:
         _drop(operations, table, operation.prefix)
@@ -201,10 +203,13 @@ def _create_index(operations: Operations, table: TableRef, prefix: MRLPrefix) ->
 
 
 def _drop(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
-    """Drop the prefix's index, its trigger if an online change made it, and its column."""
+    """Drop the prefix's index, its trigger if an online change made it, and its column. A
+    table Citus distributes has no such trigger (online changes refuse it), and Citus refuses
+    even ``DROP TRIGGER IF EXISTS`` on it."""
     operations.drop_index(prefix.index(table.name), table_name=table.name, schema=table.schema)
-    for statement in drop_trigger_sql(table, prefix.column):  # no construct for triggers
-        operations.execute(statement)
+    if may_have_triggers(operations, table):
+        for statement in drop_trigger_sql(table, prefix.column):  # no construct for triggers
+            operations.execute(statement)
     operations.drop_column(table.name, prefix.column, schema=table.schema)
 
 

@@ -162,9 +162,18 @@ def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
     """Bound values that replace the statement's own for ``conn``: none when the server has
     every managed setting; otherwise arrays without the missing ones, with a warning if the
     search asked for one of them."""
-    known = pgvector_settings(conn)
-    if known.issuperset(MANAGED):
+    if pgvector_settings(conn).issuperset(MANAGED):
         return {}
+    present = present_settings(conn, settings)
+    return {
+        array.key: array.value for array in _settings_arrays(present, dict(settings))
+    }
+
+
+def present_settings(conn: Connection, settings: Settings) -> list[str]:
+    """The managed settings the server's pgvector has, with a warning if ``settings`` asks
+    for one it lacks."""
+    known = pgvector_settings(conn)
     missing = [name for name in MANAGED if name not in known]
     asked = [name for name, _ in settings if name in missing]
     if asked:
@@ -173,12 +182,9 @@ def parameters_for(conn: Connection, settings: Settings) -> dict[str, Any]:
             " index scans): the search runs without, and a filtered one may return fewer than"
             " k rows; ALTER EXTENSION vector UPDATE after upgrading pgvector",
             PgvectorFeatureWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    present = [name for name in MANAGED if name in known]
-    return {
-        array.key: array.value for array in _settings_arrays(present, dict(settings))
-    }
+    return [name for name in MANAGED if name in known]
 
 
 def with_parameters(
@@ -195,11 +201,16 @@ def in_transaction_block(conn: Connection) -> bool:
     return not getattr(conn.connection.dbapi_connection, "autocommit", False)
 
 
-def restore_before_next_statement(conn: Connection) -> None:
+def restore_before_next_statement(
+    conn: Connection, restore: Callable[[Connection], None] | None = None
+) -> None:
     """Have the next statement on ``conn``'s DBAPI connection that is not a search put the
     kept settings back first, unless the transaction ends before (a commit, a rollback, or
     the pool's reset of a connection given back). The listeners that do it are registered
-    once per engine, the first time a search there needs them."""
+    once per engine, the first time a search there needs them. ``restore`` puts them back
+    (by default with ``set_config``); a restore asked for by an earlier search of the
+    transaction that is not the default one stays (the distributed form's also restores the
+    coordinator)."""
     engine = conn.engine
     if engine not in _RESTORING_ENGINES:
         event.listen(engine, "before_cursor_execute", _restore_if_pending)
@@ -207,7 +218,8 @@ def restore_before_next_statement(conn: Connection) -> None:
         event.listen(engine, "rollback", _forget_pending)
         event.listen(engine.pool, "reset", _forget_pending_on_reset)
         _RESTORING_ENGINES.add(engine)
-    conn.info[_PENDING_KEY] = True
+    if restore is not None or _PENDING_KEY not in conn.info:
+        conn.info[_PENDING_KEY] = restore or _restore_kept
 
 
 _RESTORING_ENGINES: WeakSet[Engine] = WeakSet()
@@ -227,9 +239,15 @@ def _restore_if_pending(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
-    if not conn.info.get(_PENDING_KEY) or is_search(context):
+    restore = conn.info.get(_PENDING_KEY)
+    if restore is None or is_search(context):
         return
     del conn.info[_PENDING_KEY]
+    restore(conn)
+
+
+def _restore_kept(conn: Connection) -> None:
+    """Put the kept settings back with ``set_config``, on this server."""
     known = [name for name in MANAGED if name in pgvector_settings(conn)]
     markers = _placeholders(conn, 4 * len(known))
     parts = [

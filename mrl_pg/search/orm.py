@@ -9,7 +9,13 @@ from sqlalchemy.orm import FromStatement, Query
 
 from mrl_pg.search.query_vector import QueryLike, as_query_array
 from mrl_pg.search.search_select import SearchSelect
-from mrl_pg.search.statement import SearchOptions, SearchRequest, mrl_search, plan_search
+from mrl_pg.search.statement import (
+    SearchOptions,
+    SearchRequest,
+    mrl_search,
+    plan_search,
+    with_distributed_form,
+)
 
 _T = TypeVar("_T")
 
@@ -34,7 +40,7 @@ class MRLQuery(Query[_T]):
         base: Any = self.statement
         search_options = SearchOptions(k, **options)
         plan = plan_search(base, query, search_options)
-        search = plan.select()
+        search = with_distributed_form(plan.select(), base, query, search_options)
         search.search_request = SearchRequest(
             base, search_options, as_query_array(query, plan.full), {}
         )

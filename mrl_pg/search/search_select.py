@@ -8,7 +8,8 @@ its SQL (see :mod:`mrl_pg.search.hnsw_settings`); its execution differs only in 
 prepares the connection for the binary query vector
 (:func:`~mrl_pg.search.query_vector.prepare_connection`), binds other settings on a server
 whose pgvector lacks some, and, inside a transaction, has the next statement that is not a
-search put the settings back first.
+search put the settings back first. On a connection to Citus, a search runs in its distributed
+form instead (:mod:`mrl_pg.search.citus`).
 
 A search embedded in another statement (``search.subquery()`` in a ``select()``, say) runs as
 part of that statement: its settings last to the end of the transaction, and with psycopg, on a
@@ -21,13 +22,14 @@ outer statement a search too::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql.cache_key import CacheKey
 
+from mrl_pg.search.citus import DistributedForm, execute_distributed, runs_on_citus
 from mrl_pg.search.hnsw_settings import (
     Settings,
     in_transaction_block,
@@ -58,10 +60,17 @@ class SearchSelect(Select[Any]):
     #: What :func:`~mrl_pg.search.statement.mrl_search` was asked; None for a search
     #: statement built otherwise.
     search_request: SearchRequest | None = None
+    #: Whether this is the distributed form of a search (see :mod:`mrl_pg.search.citus`).
+    distributed = False
+    #: For a single-node search: how to build its distributed form, run in its place on a
+    #: connection to Citus, and the values to bind to it. None: always runs as it is.
+    distributed_form: DistributedForm | None = None
+    bound_values: Mapping[str, Any] | None = None
 
-    def __init__(self, *entities: Any, settings: Settings = ()) -> None:
+    def __init__(self, *entities: Any, settings: Settings = (), distributed: bool = False) -> None:
         super().__init__(*entities)
         self.search_settings = settings
+        self.distributed = distributed
 
     def share_cache_key(self, template_key: CacheKey) -> None:
         """Give this statement the cache key of the template it is a ``.params()`` copy of.
@@ -93,6 +102,13 @@ class SearchSelect(Select[Any]):
         # (ORM statements included) and the asyncio wrappers all run a statement by calling it.
         # tests/test_search_hooks.py fails if SQLAlchemy renames it or stops calling it.
         prepare_connection(connection)
+        if self.distributed or (self.distributed_form is not None and runs_on_citus(connection)):
+            streams = _streams(
+                self.get_execution_options(), connection.get_execution_options(), execution_options
+            )
+            return execute_distributed(
+                self, connection, distilled_params, execution_options, streams
+            )
         params = with_parameters(
             distilled_params, parameters_for(connection, self.search_settings)
         )

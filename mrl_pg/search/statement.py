@@ -20,13 +20,15 @@ stage narrows the previous one's candidates before the final rerank.
 :class:`~mrl_pg.search.search_select.SearchSelect`. Statements are built once per target and
 options (a template without the query vector), then reused with the new values bound; the
 templates are keyed on :func:`~mrl_pg.prefix.declare.prefix_generation`, so a prefix declared
-later is seen.
+later is seen. On a database sharded by Citus a search runs in a distributed form instead, built
+by :func:`~mrl_pg.search.citus.distributed_stages` (see :mod:`mrl_pg.search.citus`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
@@ -59,6 +61,7 @@ from mrl_pg.prefix.declare import (
     prefixes_of,
 )
 from mrl_pg.prefix.spec import FullVector
+from mrl_pg.search.citus import DistributedForm, distributed_stages
 from mrl_pg.search.defaults import (
     IterativeScan,
     candidate_counts,
@@ -88,6 +91,7 @@ class SearchOptions:
     ef_search: int | None = None
     iterative_scan: IterativeScan | str | None = None
     max_scan_tuples: int | None = None
+    distributed: bool | None = None
 
     def frozen(self) -> SearchOptions | None:
         """A hashable copy to key statement templates on: sequences as tuples, and prefixes
@@ -138,10 +142,13 @@ class SearchPlan:
     full: FullVector
     names_unique: bool
     stages: tuple[Prefix, ...]
+    distributed: bool = False
 
     def select(self) -> SearchSelect:
         return (
-            SearchSelect(*self.columns, self.distance, settings=self.settings)
+            SearchSelect(
+                *self.columns, self.distance, settings=self.settings, distributed=self.distributed
+            )
             .select_from(self.source)
             .order_by(self.distance)
             .limit(row_count(self.k))
@@ -159,6 +166,7 @@ def mrl_search(
     ef_search: int | None = None,
     iterative_scan: IterativeScan | str | None = None,
     max_scan_tuples: int | None = None,
+    distributed: bool | None = None,
 ) -> SearchSelect:
     """Nearest neighbours of ``query``: a ``Select`` of the target's entities (or columns)
     plus a ``distance`` column, the exact full-dimension distance, nearest first.
@@ -179,12 +187,18 @@ def mrl_search(
       candidates, untouched otherwise.
     - ``max_scan_tuples``: ``hnsw.max_scan_tuples`` for an iterative scan; a filtered
       search raises it to 100,000 (and ``hnsw.scan_mem_multiplier`` to 2) unless given.
+    - ``distributed``: the form of the statement for a table sharded by Citus (see
+      docs/citus.md). True builds the distributed form: each shard runs the first stage and
+      returns its candidates' exact distances instead of their full vectors, and the settings
+      are made with ``SET LOCAL`` so that they reach the shards. False builds the single-node
+      form only. By default the single-node form is built, and runs in its distributed form
+      on a connection whose database has the ``citus`` extension (asked once per connection).
 
     Statements are built once per model, table or shape of ``select()`` and set of options,
     then reused with the new values bound, so repeated searches cost little Python time.
     """
     options = SearchOptions(
-        k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples
+        k, prefix, candidates, oversample, ef_search, iterative_scan, max_scan_tuples, distributed
     )
     frozen = options.frozen()
     own = _own_params(target)
@@ -202,8 +216,9 @@ def mrl_search(
         slot = (generation, target, frozen)
     template = _TEMPLATES.get(slot)
     if template is None:
-        plan = plan_search(_base_select(target), None, options)
-        statement = plan.select()
+        base = _base_select(target)
+        plan = plan_search(base, None, options)
+        statement = with_distributed_form(plan.select(), base, None, options)
         template = _Template(statement, plan.full, binds, statement._generate_cache_key())
         if plan.names_unique:
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
@@ -215,6 +230,8 @@ def mrl_search(
     values.update(own)
     vector = values[QUERY_PARAM] = as_query_array(query, template.full)
     search = template.statement.params(values)
+    if search.distributed_form is not None:
+        search.bound_values = values
     if template.cache_key is not None:
         search.share_cache_key(template.cache_key)
     search.search_request = SearchRequest(target, options, vector, own)
@@ -238,8 +255,9 @@ def _uncached_search(
     target: SearchTarget, query: QueryLike, options: SearchOptions, own: dict[str, Any]
 ) -> SearchSelect:
     """A search planned for this call alone (no template fits it)."""
-    plan = plan_search(_base_select(target), query, options)
-    search = plan.select().params(own)
+    base = _base_select(target)
+    plan = plan_search(base, query, options)
+    search = with_distributed_form(plan.select(), base, query, options).params(own)
     search.search_request = SearchRequest(target, options, as_query_array(query, plan.full), own)
     return search
 
@@ -292,6 +310,21 @@ def plan_search(
     query_param: BindParameter[Any] = bindparam(QUERY_PARAM, vector, type_=QueryVectorType(full))
     query_vector = cast(query_param, full.sql_type())
 
+    if options.distributed:
+        row_counts = [row_count(count) for count in counts]
+        last, distance = distributed_stages(base, stages, row_counts, query_vector)
+        return SearchPlan(
+            columns=[_rebind(description, last) for description in base.column_descriptions],
+            source=last,
+            distance=distance.label(DISTANCE_LABEL),
+            k=k,
+            settings=settings,
+            full=full,
+            names_unique=_names_unique(stages, available),
+            stages=tuple(stages),
+            distributed=True,
+        )
+
     first = stages[0]
     carried = [first.full_column.label("mrl_full")] + [
         stage.column.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
@@ -324,11 +357,6 @@ def plan_search(
         .label(DISTANCE_LABEL)
     )
     columns = [_rebind(description, candidates_so_far) for description in base.column_descriptions]
-    names_unique = all(
-        sum(name in (p.name, p.column.key) for p in available) == 1
-        for stage in stages
-        for name in (stage.name, stage.column.key)
-    )
     return SearchPlan(
         columns=columns,
         source=source,
@@ -336,8 +364,29 @@ def plan_search(
         k=k,
         settings=settings,
         full=full,
-        names_unique=names_unique,
+        names_unique=_names_unique(stages, available),
         stages=tuple(stages),
+    )
+
+
+def with_distributed_form(
+    search: SearchSelect, base: Select[Any], query: QueryLike | None, options: SearchOptions
+) -> SearchSelect:
+    """``search``, told how to build its distributed form when ``options`` leave the form
+    to the connection (``distributed=None``); the form is built the first time it runs."""
+    if options.distributed is None:
+        distributed = replace(options, distributed=True)
+        search.distributed_form = DistributedForm(
+            search, cache(lambda: plan_search(base, query, distributed).select())
+        )
+    return search
+
+
+def _names_unique(stages: list[Prefix], available: list[Prefix]) -> bool:
+    return all(
+        sum(name in (p.name, p.column.key) for p in available) == 1
+        for stage in stages
+        for name in (stage.name, stage.column.key)
     )
 
 
@@ -480,4 +529,5 @@ __all__ = [
     "SearchRequest",
     "mrl_search",
     "plan_search",
+    "with_distributed_form",
 ]

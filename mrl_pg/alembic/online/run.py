@@ -23,6 +23,7 @@ from alembic.operations import Operations
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.checks import check
+from mrl_pg.alembic.citus import refuse_online_change
 from mrl_pg.alembic.online.change import OnlineChange, abandon_sql
 from mrl_pg.alembic.online.index_step import build_index, check_index_names, partition_indexes
 from mrl_pg.alembic.pooler import require_direct_connection
@@ -36,6 +37,7 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
     """Check, then prepare, backfill, index and swap (only index and swap when the column
     stays as it is); in ``--sql`` mode, write the script."""
     require_direct_connection(operations)
+    refuse_online_change(operations, change.table)
     context = operations.get_context()
     live = not context.as_sql
     if live and _already_applied(operations.get_bind(), change):
