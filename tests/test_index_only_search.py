@@ -184,7 +184,7 @@ def test_the_prefix_selects_as_an_expression(session: Session) -> None:
         head = VECTORS[row.id, :PREFIX]
         np.testing.assert_allclose(np.asarray(row.cosine_vector), head, rtol=1e-6)
         normalized = head / np.linalg.norm(head)
-        np.testing.assert_allclose(np.asarray(row.inner_product_halfvec.to_list()), normalized, atol=2e-3)
+        np.testing.assert_allclose(np.asarray(row.inner_product_halfvec, dtype=np.float64), normalized, atol=2e-3)
 
 
 def test_an_instance_has_no_prefix_value(session: Session) -> None:
