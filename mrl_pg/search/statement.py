@@ -126,9 +126,10 @@ def _prefix_key(choice: PrefixChoice) -> str | None:
 def _index_only_attribute(choice: PrefixChoice) -> tuple[str, Any] | None:
     """For an index-only prefix's attribute (``Model.prefix``, or an ``aliased()`` model's),
     its name and the table or alias its expression reads; None for anything else."""
-    if not isinstance(getattr(choice, "original_property", None), IndexOnlyPrefix):
+    attribute: Any = choice
+    if not isinstance(getattr(attribute, "original_property", None), IndexOnlyPrefix):
         return None
-    return str(choice.original_property.__name__), getattr(choice.parent, "selectable", None)
+    return str(attribute.original_property.__name__), getattr(attribute.parent, "selectable", None)
 
 
 @dataclass(frozen=True)
