@@ -1,7 +1,7 @@
 """Matryoshka (MRL) two-stage vector search for PostgreSQL, pgvector and SQLAlchemy.
 
 Alembic support is imported on its own, ``import mrl_pg.alembic``: importing it registers the
-migration operations and autogenerate hooks.
+migration operations and autogenerate hooks. The live recall monitor is ``mrl_pg.monitor``.
 """
 
 from importlib import metadata
@@ -12,6 +12,7 @@ from mrl_pg.errors import (
     LoadDataError,
     MissingDependencyError,
     MissingExtensionError,
+    MonitorConfigError,
     MRLError,
     NotAVectorColumnError,
     PgvectorFeatureWarning,
@@ -43,6 +44,7 @@ __all__ = [
     "MRLSearchMixin",
     "MissingDependencyError",
     "MissingExtensionError",
+    "MonitorConfigError",
     "NotAVectorColumnError",
     "PgvectorFeatureWarning",
     "Prefix",

@@ -80,6 +80,11 @@ class DemoConflictError(MRLError):
     """The database already holds a table the demo would create; the demo leaves it alone."""
 
 
+class MonitorConfigError(MRLError, ValueError):
+    """A recall monitor option is out of range (a sample rate outside [0, 1], a window of no
+    checks, ...), or the engine already has a monitor attached."""
+
+
 class PgvectorFeatureWarning(UserWarning):
     """The database's pgvector lacks a setting a search asked for (``hnsw.iterative_scan``
     and its limits came with pgvector 0.8); the search ran without it."""

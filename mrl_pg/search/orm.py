@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 from sqlalchemy import func
 from sqlalchemy.orm import FromStatement, Query
 
-from mrl_pg.search.query_vector import QueryLike
+from mrl_pg.search.query_vector import QueryLike, as_query_array
 from mrl_pg.search.search_select import SearchSelect
-from mrl_pg.search.statement import SearchOptions, mrl_search, plan_search
+from mrl_pg.search.statement import SearchOptions, SearchRequest, mrl_search, plan_search
 
 _T = TypeVar("_T")
 
@@ -31,8 +31,13 @@ class MRLQuery(Query[_T]):
         """This query's rows plus their ``distance``, nearest ``k`` first; the options are
         those of :func:`mrl_pg.mrl_search`. The result is a finished statement: it refuses
         further criteria (``filter``, ``order_by``, ...) as ``Query.from_statement`` does."""
-        plan = plan_search(self.statement, query, SearchOptions(k, **options))  # type: ignore[arg-type]
+        base: Any = self.statement
+        search_options = SearchOptions(k, **options)
+        plan = plan_search(base, query, search_options)
         search = plan.select()
+        search.search_request = SearchRequest(
+            base, search_options, as_query_array(query, plan.full), {}
+        )
         return SearchQuery([*plan.columns, plan.distance], self.session).from_statement(search)
 
 

@@ -21,10 +21,11 @@ outer statement a search too::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select
-from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql.cache_key import CacheKey
 
 from mrl_pg.search.hnsw_settings import (
@@ -36,6 +37,17 @@ from mrl_pg.search.hnsw_settings import (
 )
 from mrl_pg.search.query_vector import prepare_connection
 
+if TYPE_CHECKING:
+    from mrl_pg.search.statement import SearchRequest
+
+#: Called after each search that ran on an engine, with the search, the connection, and the
+#: parameters and execution options it was executed with; keyed by the engine's dialect,
+#: which the engine, its ``execution_options()`` copies, the sync engine of an
+#: ``AsyncEngine`` and the engine after ``dispose()`` share. The recall monitor
+#: (:mod:`mrl_pg.monitor`) registers itself here; while no engine has one, a search pays one
+#: test of an empty dictionary.
+SEARCH_OBSERVERS: dict[Dialect, Callable[[SearchSelect, Connection, Any, Any], None]] = {}
+
 
 class SearchSelect(Select[Any]):
     """A ``Select`` whose SQL makes ``search_settings`` (``(setting, value)`` pairs)."""
@@ -43,6 +55,9 @@ class SearchSelect(Select[Any]):
     inherit_cache = True  # every search of one shape shares a compile
     makes_own_settings = True
     search_settings: Settings = ()
+    #: What :func:`~mrl_pg.search.statement.mrl_search` was asked; None for a search
+    #: statement built otherwise.
+    search_request: SearchRequest | None = None
 
     def __init__(self, *entities: Any, settings: Settings = ()) -> None:
         super().__init__(*entities)
@@ -86,6 +101,10 @@ class SearchSelect(Select[Any]):
             self.get_execution_options(), connection.get_execution_options(), execution_options
         ):
             restore_before_next_statement(connection)
+        if SEARCH_OBSERVERS:
+            observer = SEARCH_OBSERVERS.get(connection.dialect)
+            if observer is not None:
+                observer(self, connection, distilled_params, execution_options)
         return result
 
 

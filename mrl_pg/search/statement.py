@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import (
     BindParameter,
     Column,
@@ -137,7 +139,9 @@ class SearchPlan:
     """The parts of a search statement: what to select, how to order, what to set.
 
     ``names_unique`` says whether each chosen prefix is the only one of its name among the
-    searched tables, so that naming it picks the same prefix as passing its attribute."""
+    searched tables, so that naming it picks the same prefix as passing its attribute.
+    ``stages`` are the chosen prefixes, coarse to fine, with columns as the searched FROM
+    names them."""
 
     columns: list[Any]
     source: FromClause
@@ -146,6 +150,7 @@ class SearchPlan:
     settings: Settings
     full: FullVector
     names_unique: bool
+    stages: tuple[Prefix, ...]
 
     def select(self) -> SearchSelect:
         return (
@@ -197,13 +202,13 @@ def mrl_search(
     frozen = options.frozen()
     own = _own_params(target)
     if frozen is None:
-        return plan_search(_base_select(target), query, options).select().params(own)
+        return _uncached_search(target, query, options, own)
     generation = prefix_generation()  # read before anything is built from the prefixes
     binds: tuple[BindParameter[Any], ...] = ()
     if isinstance(target, Select):
         cache_key = target._generate_cache_key()
         if cache_key is None:  # the select holds an element SQLAlchemy cannot cache
-            return plan_search(target, query, options).select().params(own)
+            return _uncached_search(target, query, options, own)
         slot: tuple[Any, ...] = (generation, cache_key.key, frozen)
         binds = tuple(cache_key.bindparams)
     else:
@@ -221,10 +226,34 @@ def mrl_search(
         old.key: new.effective_value for old, new in zip(template.binds, binds, strict=True)
     }
     values.update(own)
-    values[QUERY_PARAM] = as_query_array(query, template.full)
+    vector = values[QUERY_PARAM] = as_query_array(query, template.full)
     search = template.statement.params(values)
     if template.cache_key is not None:
         search.share_cache_key(template.cache_key)
+    search.search_request = SearchRequest(target, options, vector, own)
+    return search
+
+
+class SearchRequest(NamedTuple):
+    """What :func:`mrl_search` was asked, kept on the statement it returns (as
+    ``search_request``) so that a recall check (:mod:`mrl_pg.monitor`) can run the same search
+    again, and an exact one beside it: the target, the options, the checked query vector and
+    the values a ``select()`` target was given with ``.params()``. A tuple, cheap to make at
+    every search."""
+
+    target: SearchTarget
+    options: SearchOptions
+    query: npt.NDArray[np.float32]
+    params: dict[str, Any]
+
+
+def _uncached_search(
+    target: SearchTarget, query: QueryLike, options: SearchOptions, own: dict[str, Any]
+) -> SearchSelect:
+    """A search planned for this call alone (no template fits it)."""
+    plan = plan_search(_base_select(target), query, options)
+    search = plan.select().params(own)
+    search.search_request = SearchRequest(target, options, as_query_array(query, plan.full), own)
     return search
 
 
@@ -321,6 +350,7 @@ def plan_search(
         settings=settings,
         full=full,
         names_unique=names_unique,
+        stages=tuple(stages),
     )
 
 
@@ -460,4 +490,11 @@ def _rebind(description: dict[str, Any], candidates: NamedFromClause) -> Any:
 
 
 
-__all__ = ["IterativeScan", "SearchOptions", "SearchPlan", "mrl_search", "plan_search"]
+__all__ = [
+    "IterativeScan",
+    "SearchOptions",
+    "SearchPlan",
+    "SearchRequest",
+    "mrl_search",
+    "plan_search",
+]

@@ -55,6 +55,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="mean recall@k the recommended prefix must reach (default 0.95)")
     runs.add_argument("--worst", action="store_true",
                       help="require the target of the worst 5%% of queries (their mean recall) too")
+    runs.add_argument("--segment", metavar="COLUMN",
+                      help="recall per value of this column of --table (a tenant, a language): "
+                           "--query-count queries held out of each segment, lowest segments "
+                           "first, plotted by segment")
+    runs.add_argument("--across-segments", action="store_true",
+                      help="with --segment: each query searches every row, not only its own "
+                           "segment's (as a search filtered on the column does)")
     out = parser.add_argument_group("output")
     out.add_argument("--plot", type=Path, default=Path("mrl-pg-evaluate.png"),
                      help="PNG to write (default mrl-pg-evaluate.png)")
@@ -68,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Compute, print and write everything ``args`` asks for; returns the JSON document."""
+    if args.segment is not None:
+        from mrl_pg.tools.evaluate_segments import evaluate_segments
+
+        return evaluate_segments(args)
     dataset = _load(args, lambda: engine_from_args(args))
-    prefixes = args.prefix or _default_prefixes(dataset.dims)
-    _check(args, dataset, prefixes)
+    prefixes = args.prefix or default_prefixes(dataset.dims)
+    dataset.check_k(args.k)
+    check_sizes(args, dataset.dims, prefixes)
     print(f"data: {dataset.source}; {len(dataset.vectors)} rows x {dataset.dims} dims, "
           f"{len(dataset.queries)} queries, k={args.k}, {args.distance.value} distance")
     figures = prefix_recall(dataset.vectors, dataset.queries, prefixes, args.candidates, args.k,
@@ -121,7 +133,7 @@ def _load(args: argparse.Namespace, engine: Callable[[], Engine]) -> Dataset:
             each.dispose()
 
 
-def _default_prefixes(dims: int) -> list[int]:
+def default_prefixes(dims: int) -> list[int]:
     sizes, size = [], 32
     while size < dims:
         sizes.append(size)
@@ -129,17 +141,17 @@ def _default_prefixes(dims: int) -> list[int]:
     return sizes or [dims // 2]
 
 
-def _check(args: argparse.Namespace, dataset: Dataset, prefixes: list[int]) -> None:
+def check_sizes(args: argparse.Namespace, dims: int, prefixes: list[int]) -> None:
+    """k, candidate counts, prefix sizes (against vectors of ``dims``) and the target."""
     if args.k < 1:
         raise SearchParameterError(f"k must be positive, got {args.k}")
-    dataset.check_k(args.k)
     for count in args.candidates:
         if count < args.k:
             raise SearchParameterError(f"candidates ({count}) must be at least k ({args.k})")
-    for dims in prefixes:
-        if not 0 < dims < dataset.dims:
+    for size in prefixes:
+        if not 0 < size < dims:
             raise PrefixConfigError(
-                f"prefix size {dims} must be between 1 and the vectors' {dataset.dims - 1}"
+                f"prefix size {size} must be between 1 and the vectors' {dims - 1}"
             )
     if not 0 < args.target_recall <= 1:
         raise SearchParameterError(f"--target-recall must be in (0, 1], got {args.target_recall}")

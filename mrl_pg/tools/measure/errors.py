@@ -19,3 +19,8 @@ class UnknownTableError(MRLError, LookupError):
 
 class TooFewRowsError(MRLError, ValueError):
     """There are not enough rows for the requested ``k`` or number of queries."""
+
+
+class SegmentOptionError(MRLError, ValueError):
+    """``--segment`` was given without a table to read the segment column from, or with a
+    query file (its queries are held out of each segment)."""

@@ -111,6 +111,51 @@ def from_table(
     return Dataset(base, queries, half=half, source=source)
 
 
+@dataclass(frozen=True)
+class SegmentedRows:
+    """The vectors of a table's column, with each row's value of a segment column as text
+    (``NULL`` for a null)."""
+
+    vectors: Matrix
+    segments: list[str]
+    half: bool
+    source: str
+
+
+def from_table_segments(
+    engine: Engine, table: str, column: str, segment: str, max_rows: int | None = None
+) -> SegmentedRows:
+    """The vectors of ``table.column`` and the ``segment`` column's value of each row."""
+    relation, half = _vector_column(engine, table, column)
+    if _column_type(engine, table, segment) is None:
+        raise UnknownTableError(f"table {relation} has no column {segment!r}")
+    statement = sql.SQL("SELECT {}, CAST({} AS text) FROM {} WHERE {} IS NOT NULL").format(
+        sql.Identifier(column), sql.Identifier(segment), sql.SQL(relation),
+        sql.Identifier(column),
+    )
+    if max_rows is not None:
+        statement += sql.SQL(" LIMIT {}").format(sql.Literal(max_rows))
+    raw: Any = engine.raw_connection()
+    try:
+        connection = raw.driver_connection
+        register_vector(connection)
+        with connection.cursor(binary=True) as cursor:
+            cursor.execute(statement)
+            rows = [(_as_array(vector), "NULL" if value is None else value)
+                    for vector, value in cursor]
+        connection.rollback()
+    finally:
+        raw.close()
+    if not rows:
+        raise TooFewRowsError(f"{table}.{column} has no rows to measure")
+    return SegmentedRows(
+        vectors=np.stack([vector for vector, _ in rows]),
+        segments=[value for _, value in rows],
+        half=half,
+        source=f"{relation}.{column} by {segment}",
+    )
+
+
 def read_npy(path: Path) -> Matrix:
     """A 2-d float32 matrix of finite numbers from ``path``, or a :class:`VectorFileError`."""
     try:
@@ -151,6 +196,19 @@ def _vector_column(engine: Engine, table: str, column: str) -> tuple[str, bool]:
         ).scalar_one_or_none()
         if relation is None:
             raise UnknownTableError(f"no table {table!r} in the database")
+    type_name = _column_type(engine, table, column)
+    if type_name is None:
+        raise UnknownTableError(f"table {relation} has no column {column!r}")
+    if type_name.split("(")[0] not in ("vector", "halfvec"):
+        raise NotAVectorColumnError(
+            f"column {column!r} of {relation} is {type_name}, not a pgvector vector or halfvec"
+        )
+    return str(relation), type_name.startswith("halfvec")
+
+
+def _column_type(engine: Engine, table: str, column: str) -> str | None:
+    """The SQL type of ``table.column``, None if the table has no such column."""
+    with engine.connect() as conn:
         type_name = conn.execute(
             text(
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -159,13 +217,7 @@ def _vector_column(engine: Engine, table: str, column: str) -> tuple[str, bool]:
             ),
             {"name": table, "column": column},
         ).scalar_one_or_none()
-    if type_name is None:
-        raise UnknownTableError(f"table {relation} has no column {column!r}")
-    if type_name.split("(")[0] not in ("vector", "halfvec"):
-        raise NotAVectorColumnError(
-            f"column {column!r} of {relation} is {type_name}, not a pgvector vector or halfvec"
-        )
-    return str(relation), type_name.startswith("halfvec")
+    return None if type_name is None else str(type_name)
 
 
 def _as_array(value: Any) -> npt.NDArray[np.float32]:

@@ -1,4 +1,5 @@
-"""PNG plots: the bench's recall vs queries/s, and evaluate's recall per prefix size.
+"""PNG plots: the bench's recall vs queries/s, and evaluate's recall per prefix size and per
+segment.
 
 matplotlib (the ``plot`` extra) is imported only here, with the file-only Agg backend.
 """
@@ -84,6 +85,43 @@ def evaluate_plot(
     left.set_ylabel("recall")
     left.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def segment_plot(
+    segments: Sequence[str],
+    recall: dict[int, list[float]],
+    ranked_prefix: int,
+    candidates: int,
+    target: float,
+    path: Path,
+    title: str,
+) -> None:
+    """Recall of every segment (x, in the order given), a bar for the prefix the segments are
+    ranked at (red below the target) and a marker per other prefix size."""
+    plt = _pyplot()
+    width = min(max(6.0, 0.35 * len(segments) + 2), 24.0)
+    figure, axes = plt.subplots(figsize=(width, 4.5))
+    positions = list(range(len(segments)))
+    ranked = recall[ranked_prefix]
+    colours = ["tab:red" if value < target else "tab:blue" for value in ranked]
+    axes.bar(positions, ranked, color=colours, alpha=0.7,
+             label=f"prefix {ranked_prefix} (red: below target)")
+    for dims in sorted(recall):
+        if dims != ranked_prefix:
+            axes.plot(positions, recall[dims], linestyle="none", marker="o", markersize=4,
+                      label=f"prefix {dims}")
+    axes.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
+    axes.set_xticks(positions)
+    axes.set_xticklabels(segments, rotation=90 if len(segments) > 12 else 0, fontsize=8)
+    axes.set_ylim(0, 1.02)
+    axes.set_ylabel(f"mean recall, {candidates} candidates")
+    axes.set_xlabel("segment (lowest first)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
