@@ -199,3 +199,27 @@ def test_an_instance_has_no_prefix_value(session: Session) -> None:
 def test_distance_helper_is_the_prefix_spec_distance() -> None:
     kinds = {p.name: (p.stored, p.spec.distance) for p in prefixes_of(Passage.__table__)}
     assert kinds["inner_product_halfvec"] == (False, Distance.INNER_PRODUCT)
+
+
+def test_the_recall_monitor_checks_index_only_searches(passages_engine: Engine) -> None:
+    """Each sampled search is checked against the exact search, by tenant."""
+    from mrl_pg.monitor import RecallMonitor
+
+    expected = []
+    with RecallMonitor.attach(passages_engine, 1.0, segment_column="tenant") as monitor, Session(
+        passages_engine
+    ) as session:
+        for query in QUERY_VECTORS[:10]:
+            rows = session.execute(
+                mrl_search(select(Passage).where(Passage.tenant == 5), query, k=10,
+                           prefix="cosine_halfvec")
+            ).all()
+            keep = np.flatnonzero(np.arange(ROWS) % TENANTS == 5)
+            truth = keep[exact_neighbors(VECTORS[keep], query[None], 10)]
+            expected.append(recall_at_k([[p.id for p, _ in rows]], truth))
+        assert monitor.wait_idle(timeout=300)
+        snapshot = monitor.snapshot()
+    assert (snapshot.checked, snapshot.failed) == (10, 0)
+    [segment] = [f for f in snapshot.segments if f.segment == "5"]
+    assert segment.prefix == "cosine_halfvec"
+    assert segment.recall == pytest.approx(np.mean(expected), abs=0.01)
