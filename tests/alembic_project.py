@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, select, text
 
 from mrl_pg.alembic import MRLPrefix
 from mrl_pg.alembic.reflect import reflect_prefixes
@@ -164,6 +164,19 @@ def checksum(engine: Engine) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
+def rows_updated(conn: Connection) -> int:
+    """Rows of ``items`` updated so far (``pg_stat_user_tables.n_tup_upd``), this
+    connection's own updates included: a backend's counts are flushed once it is idle, and
+    read in a later transaction. Commits the connection's transaction."""
+    conn.execute(text("SELECT pg_stat_force_next_flush()"))
+    conn.commit()
+    updated = conn.execute(text(
+        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'items'::regclass"
+    )).scalar_one()
+    conn.commit()
+    return int(updated)
+
+
 def row_versions(engine: Engine) -> tuple[int, str]:
     """The table's file and every row version's place and creating transaction: unchanged
     unless the table was rewritten or its rows updated."""
@@ -181,6 +194,10 @@ def prefix_state(engine: Engine) -> dict[str, MRLPrefix]:
 
 
 def assert_prefix_values(engine: Engine, prefix: MRLPrefix) -> None:
+    """Every row's prefix column holds the prefix of its full vector (an index-only prefix
+    holds nothing: its values are the expression itself)."""
+    if not prefix.stored:
+        return
     spec = prefix.spec()
     with engine.connect() as conn:
         expected = spec.expression(text("embedding")).compile(
@@ -215,8 +232,9 @@ def assert_search_recall(engine: Engine, prefix_name: str, *, sql_function: bool
     table = items_table()
     current = prefix_state(engine)[prefix_name]
     add_prefix_column(table, "embedding", current.dims, name=prefix_name, distance=current.distance,
-                      storage=current.storage, m=current.m, ef_construction=current.ef_construction)
-    distance = table.c[prefix_name].info["mrl_pg"].spec.distance
+                      storage=current.storage, m=current.m, ef_construction=current.ef_construction,
+                      stored=current.stored)
+    distance = current.spec().distance
     found: list[list[tuple[int, float]]] = []
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         rows = conn.execute(select(table.c.id, table.c.embedding)).all()

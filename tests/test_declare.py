@@ -159,3 +159,47 @@ def test_duplicate_prefix_column_name() -> None:
     add_prefix_column(table, "embedding", 64)
     with pytest.raises(PrefixConfigError, match="already has a column 'embedding_64'"):
         add_prefix_column(table, "embedding", 64)
+
+
+def test_index_only_prefix_is_an_expression_index_and_no_column() -> None:
+    table = items_table()
+    prefix = add_prefix_column(table, "embedding", 256, distance="inner_product", stored=False)
+    create, (index,) = ddl(table)
+    assert "embedding_256" not in create
+    assert index == (
+        "CREATE INDEX ix_items_embedding_256_hnsw ON items USING hnsw "
+        "(CAST(l2_normalize(subvector(embedding, 1, 256)) AS HALFVEC(256)) halfvec_ip_ops) "
+        "WITH (m = 16, ef_construction = 64)"
+    )
+    assert str(prefix.compile(dialect=DIALECT)) == (
+        "CAST(l2_normalize(subvector(items.embedding, 1, 256)) AS HALFVEC(256))"
+    )
+    [declared] = prefixes_of(table)
+    assert (declared.name, declared.stored, declared.column) == ("embedding_256", False, None)
+    copy = prefixes_of(table.to_metadata(MetaData()))
+    assert [(p.name, p.stored) for p in copy] == [("embedding_256", False)]
+
+
+def test_index_only_prefix_name_in_use_is_refused() -> None:
+    table = items_table()
+    add_prefix_column(table, "embedding", 256, stored=False)
+    with pytest.raises(PrefixConfigError, match="already has a column 'embedding_256'"):
+        add_prefix_column(table, "embedding", 256, storage="vector")
+
+
+def test_index_only_prefix_on_a_model_is_a_read_only_expression() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Page(Base):
+        __tablename__ = "pages"
+        id = mapped_column(Integer, primary_key=True)
+        embedding = mapped_column(VECTOR(1536))
+        embedding_mrl = mrl_prefix(embedding, 512, storage="bit", stored=False)
+
+    assert "embedding_mrl" not in Page.__table__.c
+    [prefix] = prefixes_of(Page.__table__)
+    assert (prefix.name, prefix.index_name) == ("embedding_mrl", "ix_pages_embedding_mrl_hnsw")
+    assert str(Page.embedding_mrl.compile(dialect=DIALECT)).startswith(
+        "CAST(binary_quantize(subvector(pages.embedding, 1, 512)) AS BIT(512))"
+    )

@@ -38,6 +38,12 @@ from tests.online_project import (
 
 pytest_plugins = ["tests.alembic_project"]
 
+INDEX_ONLY_16 = 'add_prefix_column(items, "embedding", 16, name="embedding_mrl", stored=False)'
+INDEX_ONLY_32 = (
+    'add_prefix_column(items, "embedding", 32, name="embedding_mrl", storage="vector", '
+    "stored=False)"
+)
+
 LEAVES = ["items_high_0", "items_high_1", "items_low"]
 #: Where ``items_low`` ends and ``items_high`` starts.
 SPLIT = ROWS // 3
@@ -193,3 +199,54 @@ def test_online_index_only_change_of_a_partitioned_table(
         )).scalar_one()
     assert definitions == 5
     assert_search_recall(engine, "embedding_mrl")
+
+
+def hnsw_indexes_of_tree(engine: Engine) -> list[tuple[str, str, bool]]:
+    """(table, index, valid) for every HNSW index of the partition tree."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT t.relid::regclass::text, x.indexrelid::regclass::text, x.indisvalid "
+            "FROM pg_partition_tree('items') t JOIN pg_index x ON x.indrelid = t.relid "
+            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam "
+            "WHERE am.amname = 'hnsw' ORDER BY 1, 2"
+        )).all()
+    return [tuple(row) for row in rows]
+
+
+@pytest.mark.slow
+def test_index_only_prefix_of_a_partitioned_table(
+    loaded_project: tuple[Config, Engine, Path],
+) -> None:
+    """Plain add, then an online resize built leaf by leaf and attached, interrupted and
+    resumed; no row version is written; and back down."""
+    config, engine, folder = loaded_project
+    partition_items(engine)
+    fingerprint = text(
+        "SELECT md5(string_agg(tableoid::text || ctid::text || xmin::text, ',' ORDER BY id))"
+        " FROM items"
+    )
+    with engine.connect() as conn:
+        versions = conn.execute(fingerprint).scalar_one()
+    write_models(folder, INDEX_ONLY_16)
+    assert "drop_table" not in revision(config, folder, "add")
+    command.upgrade(config, "head")
+    before = prefix_state(engine)
+    assert not before["embedding_mrl"].stored and len(hnsw_indexes_of_tree(engine)) == 5
+    write_models(folder, INDEX_ONLY_32)
+    online_revision(config, folder, "online resize")
+    with interrupted_build(engine, "items_high_1"), pytest.raises(Exception, match="canceling"):
+        command.upgrade(config, "head")
+    assert prefix_state(engine) == before
+    command.upgrade(config, "head")
+    after = prefix_state(engine)["embedding_mrl"]
+    assert (after.dims, after.stored) == (32, False)
+    indexes = hnsw_indexes_of_tree(engine)
+    assert len(indexes) == 5 and all(valid for *_, valid in indexes), indexes
+    assert ("items_low", "items_low_embedding_mrl_idx", True) in indexes
+    with engine.connect() as conn:
+        assert conn.execute(fingerprint).scalar_one() == versions
+    assert_search_recall(engine, "embedding_mrl")
+    check_quietly(config)
+    command.downgrade(config, "-1")
+    assert prefix_state(engine) == before
+    assert len(hnsw_indexes_of_tree(engine)) == 5

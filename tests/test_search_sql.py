@@ -44,7 +44,7 @@ def test_two_stage_shape() -> None:
         "docs.embedding AS mrl_full FROM docs WHERE docs.tenant = %(tenant_1)s::INTEGER "
         "AND mrl_settings.mrl_applied "
         "ORDER BY docs.cosine_halfvec <=> CAST(subvector(CAST(%(mrl_query)s AS VECTOR(768)), "
-        "%(subvector_1)s::INTEGER, %(subvector_2)s::INTEGER) AS HALFVEC(128)) "
+        "1, 128) AS HALFVEC(128)) "
         "LIMIT 100) AS mrl_candidates_0 ON true "
         "ORDER BY distance LIMIT 10"
     )

@@ -64,12 +64,30 @@ hostile = Table(
 )
 add_prefix_column(hostile, HOSTILE_FULL, PREFIX, name=HOSTILE_PREFIX, storage="vector")
 
+INDEX_ONLY_TABLE = 'Index "only"'
+index_only = Table(
+    INDEX_ONLY_TABLE,
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(HOSTILE_FULL, VECTOR(DIMS)),
+)
+for distance in Distance:
+    add_prefix_column(
+        index_only, HOSTILE_FULL, PREFIX, name=f"p_{distance.value}", distance=distance,
+        stored=False,
+    )
+add_prefix_column(
+    index_only, HOSTILE_FULL, 192, name="p_bit", storage="bit", index_name="bits by hamming",
+    stored=False,
+)
+
 
 
 @pytest.fixture(scope="module")
 def sql_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
     with schema_engine(database_url, server_engine) as engine:
         create_and_load(engine, plain, "embedding", VECTORS, {"id": list(range(ROWS))})
+        create_and_load(engine, index_only, HOSTILE_FULL, VECTORS, {"id": list(range(ROWS))})
         create_and_load(
             engine,
             hostile,
@@ -162,6 +180,45 @@ def test_settings_are_restored_after_the_call(conn: Connection) -> None:
     search(conn, "plain", QUERY_VECTORS[0], 10, candidates=2000, prefix_column="p_cosine")
     assert conn.execute(text("SHOW hnsw.ef_search")).scalar_one() == "77"
     assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar_one() == "strict_order"
+
+
+INDEX_ONLY_QUOTED = '"' + INDEX_ONLY_TABLE.replace('"', '""') + '"'
+
+
+@pytest.mark.parametrize("distance", [d.value for d in Distance])
+def test_index_only_prefixes_match_exact_ground_truth(conn: Connection, distance: str) -> None:
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 10, distance)
+    found = [
+        [row.pk["id"] for row in search(
+            conn, INDEX_ONLY_QUOTED, q, 10, prefix_column=f"p_{distance}"
+        )]
+        for q in QUERY_VECTORS
+    ]
+    assert recall(found, truth) >= 0.95
+
+
+def test_index_only_prefix_by_index_name_and_its_index_serves(conn: Connection) -> None:
+    """An index-only prefix whose index has a name of its own goes by that name; the first
+    stage is an index scan of it, not a sequential scan of the table."""
+    def scans() -> tuple[int, int]:
+        row = conn.execute(text(
+            "SELECT pg_stat_get_xact_numscans(to_regclass(:i)), "
+            "pg_stat_get_xact_numscans(to_regclass(:t))"
+        ), {"i": '"bits by hamming"', "t": INDEX_ONLY_QUOTED}).one()
+        return int(row[0]), int(row[1])
+
+    truth = exact_neighbors(VECTORS, QUERY_VECTORS, 10)
+    before = scans()
+    found = [
+        [row.pk["id"] for row in search(
+            conn, INDEX_ONLY_QUOTED, q, 10, prefix_column="bits by hamming",
+            full_distance="cosine", candidates=200,
+        )]
+        for q in QUERY_VECTORS
+    ]
+    after = scans()
+    assert (after[0] - before[0], after[1] - before[1]) == (QUERIES, 0)
+    assert recall(found, truth) >= 0.9
 
 
 def test_first_stage_uses_the_prefix_index(conn: Connection) -> None:

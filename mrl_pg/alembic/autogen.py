@@ -22,7 +22,8 @@ plugin's, so each comparison runs once and each operation is emitted once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
@@ -37,7 +38,7 @@ from mrl_pg.alembic.ops import AddMRLPrefixOp, DropMRLPrefixOp, ResizeMRLPrefixO
 from mrl_pg.alembic.reflect import reflect_prefixes, table_exists
 from mrl_pg.alembic.render import use_pgvector_rendering
 from mrl_pg.alembic_plugin import DIALECT_NAME, ENABLED_TARGET
-from mrl_pg.prefix.declare import INFO_KEY, prefixes_of
+from mrl_pg.prefix.declare import INFO_KEY, Prefix, prefixes_of
 from mrl_pg.sqltext import TableRef
 
 _IMPORT = "from mrl_pg.alembic import MRLPrefix"
@@ -142,6 +143,7 @@ def _table_changes(
     declared = {
         prefix.name: (prefix, MRLPrefix.from_declared(prefix)) for prefix in prefixes_of(table)
     }
+    in_database = _named_as_declared(in_database, declared.values(), table.name)
     options = {"schema": table.schema, "online": _online(autogen_context, table)}
     new_ops: list[ops.MigrateOperation] = []
     columns: set[str] = set()
@@ -150,9 +152,7 @@ def _table_changes(
         model_side = declared.get(name)
         db_side = in_database.get(name)
         if model_side is not None:
-            if not autogen_context.run_object_filters(
-                model_side[0].column, name, "column", False, None
-            ):
+            if not _included_prefix(autogen_context, model_side[0]):
                 continue
         elif (
             not autogen_context.run_name_filters(
@@ -183,6 +183,40 @@ def _table_changes(
             if prefix is not None:
                 indexes.add(staging_index(table.name, prefix))
     return new_ops, columns, indexes
+
+
+def _named_as_declared(
+    in_database: dict[str, MRLPrefix],
+    declared: Iterable[tuple[Prefix, MRLPrefix]],
+    table_name: str,
+) -> dict[str, MRLPrefix]:
+    """The database's prefixes, each index-only one named as the declared prefix with the
+    same index, if there is one: the catalog knows an index-only prefix by its index, and
+    only an index named ``ix_<table>_<name>_hnsw`` tells its name."""
+    by_index = {
+        migration.index(table_name): migration.column
+        for _, migration in declared
+    }
+    renamed: dict[str, MRLPrefix] = {}
+    for name, prefix in in_database.items():
+        declared_name = by_index.get(prefix.index(table_name), name)
+        if not prefix.stored and declared_name != name:
+            prefix = replace(prefix, column=declared_name)
+        renamed[prefix.column] = prefix
+    return renamed
+
+
+def _included_prefix(autogen_context: AutogenContext, prefix: Prefix) -> bool:
+    """Whether ``env.py``'s ``include_object`` keeps a declared prefix: its column, or an
+    index-only prefix's index."""
+    if prefix.column is not None:
+        return bool(
+            autogen_context.run_object_filters(prefix.column, prefix.name, "column", False, None)
+        )
+    index = next((ix for ix in prefix.table.indexes if ix.name == prefix.index_name), None)
+    return index is None or bool(
+        autogen_context.run_object_filters(index, prefix.index_name, "index", False, None)
+    )
 
 
 def _replace_in(

@@ -21,8 +21,11 @@ def check(
     *,
     adding: MRLPrefix | None = None,
     dropping: MRLPrefix | None = None,
+    resuming: bool = False,
 ) -> None:
-    """Validate the prefixes, then, with a database at hand, the table they apply to."""
+    """Validate the prefixes, then, with a database at hand, the table they apply to.
+    ``resuming``: an online change, which an interrupted earlier run may have taken past the
+    drop of an index-only ``dropping``'s index."""
     for prefix in (adding, dropping):
         if prefix is not None:
             prefix.spec()
@@ -52,18 +55,31 @@ def check(
             raise NotAVectorColumnError(
                 f"column {prefix.full_column!r} of {qualified} is {full_type}, not {expected}"
             )
-    if dropping is not None and dropping.column not in columns:
+
+    def index_exists(name: str) -> bool:
+        found = conn.execute(
+            text("SELECT to_regclass(:i) IS NOT NULL"), {"i": table_ref.qualify(name)}
+        ).scalar_one()
+        return bool(found)
+
+    if dropping is not None and dropping.stored and dropping.column not in columns:
         raise MigrationCheckError(f"table {qualified} has no prefix column {dropping.column!r}")
+    if (
+        dropping is not None
+        and not dropping.stored
+        and not resuming
+        and not index_exists(dropping.index(table))
+    ):
+        raise MigrationCheckError(
+            f"table {qualified} has no index {dropping.index(table)!r} of index-only prefix "
+            f"{dropping.column!r}"
+        )
     if adding is None:
         return
-    replaced = dropping.column if dropping is not None else None
-    if adding.column in columns and adding.column != replaced:
+    replaced = dropping.column if dropping is not None and dropping.stored else None
+    if adding.stored and adding.column in columns and adding.column != replaced:
         raise PrefixConfigError(f"table {qualified} already has a column {adding.column!r}")
     index = adding.index(table)
     replaced_index = dropping.index(table) if dropping is not None else None
-    index_taken = conn.execute(
-        text("SELECT to_regclass(:i) IS NOT NULL"),
-        {"i": table_ref.qualify(index)},
-    ).scalar_one()
-    if index_taken and index != replaced_index:
+    if index != replaced_index and index_exists(index):
         raise MigrationCheckError(f"an index or table named {index!r} already exists")

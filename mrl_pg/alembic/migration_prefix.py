@@ -14,9 +14,11 @@ from mrl_pg.prefix.spec import Distance, FullVector, PrefixSpec, Storage
 
 @dataclass(frozen=True)
 class MRLPrefix:
-    """One prefix column of a table: ``column`` generated from the first ``dims`` dimensions
-    of ``full_column`` (``full_type(full_dims)``), with an HNSW index named ``index_name``
-    (default ``ix_<table>_<column>_hnsw``)."""
+    """One prefix of a table: the first ``dims`` dimensions of ``full_column``
+    (``full_type(full_dims)``) with an HNSW index named ``index_name`` (default
+    ``ix_<table>_<column>_hnsw``). A stored prefix is a column named ``column``; an index-only
+    one (``stored=False``) is only the index, on the prefix expression, and ``column`` is the
+    name it is declared under."""
 
     column: str
     full_column: str
@@ -28,6 +30,7 @@ class MRLPrefix:
     ef_construction: int = 64
     full_type: str = "vector"
     index_name: str | None = None
+    stored: bool = True
 
     def spec(self) -> PrefixSpec:
         """The validated declaration; raises mrl_pg's typed errors for bad values."""
@@ -60,10 +63,12 @@ class MRLPrefix:
         )
 
     def column_signature(self) -> tuple[object, ...]:
-        """What the prefix column holds: two prefixes with equal signatures differ at most in
-        their index, which can be rebuilt without touching the column."""
+        """What the prefix column holds (for an index-only prefix, what its index is built on):
+        two prefixes with equal signatures differ at most in their index's operator class or
+        parameters, which can be rebuilt without touching any column."""
         spec = self.spec()
         return (
+            self.stored,
             self.column,
             self.full_column,
             self.dims,
@@ -85,4 +90,5 @@ class MRLPrefix:
             ef_construction=spec.ef_construction,
             full_type="halfvec" if spec.full.half else "vector",
             index_name=prefix.index_name,
+            stored=prefix.stored,
         )

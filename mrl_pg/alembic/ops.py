@@ -1,12 +1,17 @@
 """Alembic operations: ``op.add_mrl_prefix``, ``op.resize_mrl_prefix``, ``op.drop_mrl_prefix``.
 
-A prefix column is generated from the full vector, and PostgreSQL cannot change a generated
-column's type or expression in place, so a resize drops the old index and column and adds the
-new ones. Inside the migration's transaction (Alembic's default on PostgreSQL) a failure rolls
-all of it back; the full vectors are never touched. With ``online=True``, add and resize build
-the new prefix beside the old one without a table rewrite (:mod:`mrl_pg.alembic.online`).
-Every operation checks its arguments, and (outside ``--sql`` mode) the table, before any DDL,
-and has a ``reverse()`` for downgrades.
+A stored prefix column is generated from the full vector, and PostgreSQL cannot change a
+generated column's type or expression in place, so a resize drops the old index and column
+and adds the new ones. An index-only prefix (``MRLPrefix(..., stored=False)``) is only an
+HNSW index on the prefix expression: adding, resizing and dropping it builds and drops
+indexes, and never writes a row; a resize may also switch a prefix between the two kinds.
+
+Inside the migration's transaction (Alembic's default on PostgreSQL) a failure rolls all of it
+back; the full vectors are never touched. With ``online=True``, add and resize build the new
+prefix beside the old one without a table rewrite, and an index-only prefix's index with
+``CREATE INDEX CONCURRENTLY`` (:mod:`mrl_pg.alembic.online`). Every operation checks its
+arguments, and (outside ``--sql`` mode) the table, before any DDL, and has a ``reverse()``
+for downgrades.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import nullcontext
 from typing import Any, ClassVar
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Column, Computed, column
+from sqlalchemy import Column, Computed, column, text
 
 from mrl_pg.alembic.checks import MigrationCheckError, check
 from mrl_pg.alembic.citus import may_have_triggers, refuse_online_change
@@ -82,7 +87,7 @@ class _OnePrefixOp(_PrefixOp):
 class AddMRLPrefixOp(_OnePrefixOp):
     """Add a generated prefix column and its HNSW index; with ``online=True``, a
     trigger-maintained column built without a table rewrite (see :mod:`mrl_pg.alembic.online`).
-    """
+    An index-only prefix is its index alone, built concurrently with ``online=True``."""
 
     verb = "add_mrl_prefix"
 
@@ -92,9 +97,10 @@ class AddMRLPrefixOp(_OnePrefixOp):
 
 @Operations.register_operation("drop_mrl_prefix", "invoke_for")
 class DropMRLPrefixOp(_OnePrefixOp):
-    """Drop a prefix column and its index; ``prefix`` describes it, for the downgrade. With
-    ``online=True`` the drop waits for its lock in short, retried attempts, and the downgrade
-    adds the prefix back online."""
+    """Drop a prefix column and its index (an index-only prefix: its index); ``prefix``
+    describes it, for the downgrade. With ``online=True`` the drop waits for its lock in
+    short, retried attempts (an index-only prefix's index is dropped concurrently), and the
+    downgrade adds the prefix back online."""
 
     verb = "drop_mrl_prefix"
 
@@ -149,11 +155,16 @@ def add_mrl_prefix(operations: Operations, operation: AddMRLPrefixOp) -> None:
 def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
     table = TableRef(operation.table_name, operation.schema)
     check(operations, table, dropping=operation.prefix)
-    if operation.online:
-        refuse_online_change(operations, table)
+    if not operation.online:
+        _drop(operations, table, operation.prefix)
+        return
+    refuse_online_change(operations, table)
+    if operation.prefix.stored or _partitioned(operations, table):
         operations.execute(locked_ddl(table, "drop", _drop_sql(table, operation.prefix)))
     else:
-        _drop(operations, table, operation.prefix)
+        with operations.get_context().autocommit_block():
+            index = table.qualify(operation.prefix.index(table.name))
+            operations.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
 
 
 @Operations.implementation_for(ResizeMRLPrefixOp)
@@ -175,6 +186,9 @@ def resize_mrl_prefix(operations: Operations, operation: ResizeMRLPrefixOp) -> N
 
 
 def _add(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
+    if not prefix.stored:
+        _create_index(operations, table, prefix)
+        return
     spec = prefix.spec()
     generated = Computed(spec.expression(column(prefix.full_column)), persisted=True)
     live = not operations.get_context().as_sql
@@ -190,11 +204,16 @@ def _create_index(operations: Operations, table: TableRef, prefix: MRLPrefix) ->
     spec = prefix.spec()
     index = prefix.index(table.name)
     live = not operations.get_context().as_sql
+    indexed = (
+        prefix.column
+        if prefix.stored
+        else spec.expression(column(prefix.full_column)).label(prefix.column)
+    )
     with index_build_progress(operations.get_bind(), index) if live else nullcontext():
         operations.create_index(
             index,
             table.name,
-            [prefix.column],
+            [indexed],
             schema=table.schema,
             postgresql_using="hnsw",
             postgresql_with={"m": spec.m, "ef_construction": spec.ef_construction},
@@ -207,6 +226,8 @@ def _drop(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
     table Citus distributes has no such trigger (online changes refuse it), and Citus refuses
     even ``DROP TRIGGER IF EXISTS`` on it."""
     operations.drop_index(prefix.index(table.name), table_name=table.name, schema=table.schema)
+    if not prefix.stored:
+        return
     if may_have_triggers(operations, table):
         for statement in drop_trigger_sql(table, prefix.column):  # no construct for triggers
             operations.execute(statement)
@@ -215,8 +236,22 @@ def _drop(operations: Operations, table: TableRef, prefix: MRLPrefix) -> None:
 
 def _drop_sql(table: TableRef, prefix: MRLPrefix) -> list[str]:
     """:func:`_drop` as statements for the ``DO`` block of an online drop."""
+    index = f"DROP INDEX {table.qualify(prefix.index(table.name))}"
+    if not prefix.stored:
+        return [index]
     return [
-        f"DROP INDEX {table.qualify(prefix.index(table.name))}",
+        index,
         *drop_trigger_sql(table, prefix.column),
         f"ALTER TABLE {table.sql} DROP COLUMN {ident(prefix.column)}",
     ]
+
+
+def _partitioned(operations: Operations, table: TableRef) -> bool:
+    """Whether ``table`` is partitioned (whose indexes cannot be dropped concurrently);
+    unknown, so False, in ``--sql`` mode."""
+    if operations.get_context().as_sql:
+        return False
+    kind = operations.get_bind().execute(
+        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table.sql}
+    ).scalar()
+    return kind == "p"

@@ -1,6 +1,7 @@
 """Reading a table's prefixes back from the PostgreSQL catalog.
 
-A prefix is recognised by catalog facts only, never by reading SQL text:
+A prefix is recognised by catalog facts only, never by reading SQL text (expressions are
+neither parsed nor compared as text):
 
 - a STORED generated column: its generation expression (``pg_attrdef``) depends, in
   ``pg_depend``, on exactly one other column of the table (the full vector) and on pgvector's
@@ -8,7 +9,12 @@ A prefix is recognised by catalog facts only, never by reading SQL text:
   are recorded there; PostgreSQL's built-ins are pinned and are not);
 - a column an online change keeps current (:mod:`mrl_pg.alembic.online.trigger`): a trigger
   named after the column whose ``UPDATE OF`` list (``pg_trigger.tgattr``) is the full vector
-  and the column itself.
+  and the column itself;
+- an index-only prefix: a valid HNSW index on one expression, with no predicate, whose
+  expression depends (``pg_depend`` of the index) on exactly one column of the table and on
+  pgvector's ``subvector``. Its dimensions and storage are the index column's type; its name
+  is ``<name>`` for an index named ``ix_<table>_<name>_hnsw``, else the index's name. The
+  staging index of an unfinished online change (``..._next``) is not a prefix yet.
 
 Dimensions and storage come from the column's type, the full vector's from its own, the
 distance from the operator class of the column's HNSW index (else, for a generated column,
@@ -19,12 +25,14 @@ from whether it calls ``l2_normalize``), and the HNSW parameters from the index'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.migration_prefix import MRLPrefix
-from mrl_pg.alembic.online.change import STAGING_SUFFIX
+from mrl_pg.alembic.online.change import STAGING_INDEX_SUFFIX, STAGING_SUFFIX
 from mrl_pg.alembic.online.trigger import TRIGGER_PREFIX, trigger_name
+from mrl_pg.prefix.names import default_index_name
 from mrl_pg.prefix.spec import Distance, Storage
 from mrl_pg.sqltext import TableRef
 
@@ -77,6 +85,35 @@ _HNSW_INDEXES_SQL = text(
     ORDER BY c.relname DESC
     """
 )
+#: Each valid HNSW index on one expression: its type, the columns it reads, the functions of
+#: the ``vector`` extension it calls.
+_EXPRESSION_INDEXES_SQL = text(
+    """
+    SELECT c.relname AS index_name, t.typname AS type, ia.atttypmod AS dims,
+           opc.opcname AS opclass, c.reloptions AS options,
+           ARRAY(SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
+                 WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
+                   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = x.indrelid
+                   AND dep.refobjsubid <> 0) AS reads,
+           ARRAY(SELECT p.proname::text FROM pg_depend dep
+                 JOIN pg_proc p ON p.oid = dep.refobjid
+                 JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
+                      AND member.objid = p.oid AND member.deptype = 'e'
+                      AND member.refclassid = 'pg_extension'::regclass
+                 JOIN pg_extension e ON e.oid = member.refobjid AND e.extname = 'vector'
+                 WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
+                   AND dep.refclassid = 'pg_proc'::regclass) AS calls
+    FROM pg_index x
+    JOIN pg_class c ON c.oid = x.indexrelid
+    JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
+    JOIN pg_attribute ia ON ia.attrelid = x.indexrelid AND ia.attnum = 1
+    JOIN pg_type t ON t.oid = ia.atttypid
+    LEFT JOIN pg_opclass opc ON opc.oid = x.indclass[0]
+    WHERE x.indrelid = to_regclass(:table) AND x.indnatts = 1 AND x.indkey[0] = 0
+      AND x.indpred IS NULL AND x.indisvalid
+    ORDER BY c.relname
+    """
+)
 _FULL_TYPES = ("vector", "halfvec")
 _PREFIX_TYPES = tuple(storage.value for storage in Storage)
 _DISTANCE_BY_OPCLASS_SUFFIX = {distance.opclass_suffix: distance for distance in Distance}
@@ -101,8 +138,8 @@ def table_exists(connection: Connection, table: str, schema: str | None) -> bool
 def reflect_prefixes(
     connection: Connection, table: str, schema: str | None
 ) -> dict[str, MRLPrefix]:
-    """The table's prefix columns by name (see the module's documentation for what makes a
-    column a prefix)."""
+    """The table's prefixes by name (see the module's documentation for what makes a column
+    or an index a prefix)."""
     params = {"table": TableRef(table, schema).sql}
     columns = {row.number: row for row in connection.execute(_COLUMNS_SQL, params)}
     names = {row.name: number for number, row in columns.items()}
@@ -136,7 +173,53 @@ def reflect_prefixes(
             full_type=full.type,
             index_name=index.index_name if index else None,
         )
+    return _index_only_prefixes(connection, params, table, columns) | found
+
+
+def _index_only_prefixes(
+    connection: Connection, params: dict[str, str], table: str, columns: dict[int, Any]
+) -> dict[str, MRLPrefix]:
+    found: dict[str, MRLPrefix] = {}
+    for index in connection.execute(_EXPRESSION_INDEXES_SQL, params):
+        full = columns.get(index.reads[0]) if len(index.reads) == 1 else None
+        if (
+            full is None
+            or "subvector" not in index.calls
+            or index.index_name.endswith(STAGING_INDEX_SUFFIX)
+            or index.type not in _PREFIX_TYPES
+            or full.type not in _FULL_TYPES
+            or index.dims <= 0
+            or full.dims <= 0
+        ):
+            continue
+        name = _index_only_name(table, index.index_name)
+        source = _Source(full=full.number, normalized="l2_normalize" in index.calls)
+        options = dict(option.split("=", 1) for option in index.options or ())
+        found[name] = MRLPrefix(
+            column=name,
+            full_column=full.name,
+            full_dims=full.dims,
+            dims=index.dims,
+            distance=_distance(index.type, index.opclass, source).value,
+            storage=index.type,
+            m=int(options.get("m", 16)),
+            ef_construction=int(options.get("ef_construction", 64)),
+            full_type=full.type,
+            index_name=index.index_name,
+            stored=False,
+        )
     return found
+
+
+def _index_only_name(table: str, index_name: str) -> str:
+    """The name of the index-only prefix whose index is ``index_name``: ``<name>`` when the
+    index has the name mrl_pg gives it, ``ix_<table>_<name>_hnsw``, else the index's own."""
+    head, tail = f"ix_{table}_", "_hnsw"
+    if index_name.startswith(head) and index_name.endswith(tail):
+        name = index_name[len(head) : -len(tail)]
+        if name and default_index_name(table, name) == index_name:
+            return name
+    return index_name
 
 
 def _generated_sources(connection: Connection, params: dict[str, str]) -> dict[int, _Source]:

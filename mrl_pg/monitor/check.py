@@ -96,7 +96,7 @@ def check_statements(sample: SampledSearch, segment_column: str | None) -> Check
     base: Select[Any] = target if isinstance(target, Select) else select(target)
     plan = plan_search(base, sample.query, request.options)
     first = plan.stages[0]
-    searched = first.column.table  # the table, or the alias the select searches it through
+    searched = first.full_column.table  # the table, or the alias the select searches it through
     keys = [
         searched.c[column.key].label(_KEY_LABEL.format(i))
         for i, column in enumerate(first.table.primary_key.columns)

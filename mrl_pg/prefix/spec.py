@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
-from sqlalchemy import ColumnElement, Float, cast, func
+from sqlalchemy import ColumnElement, Float, Integer, cast, func, literal_column
 from sqlalchemy.types import TypeEngine
 
 from mrl_pg.errors import (
@@ -189,8 +189,13 @@ class PrefixSpec:
         return HALFVEC(self.dims) if self.storage is Storage.HALFVEC else VECTOR(self.dims)
 
     def expression(self, full_vector: Any) -> ColumnElement[Any]:
-        """The prefix of ``full_vector`` (a column or a vector-typed expression)."""
-        head = func.subvector(full_vector, 1, self.dims)
+        """The prefix of ``full_vector`` (a column or a vector-typed expression).
+
+        Its numbers are SQL literals, never bound values: PostgreSQL serves an ``ORDER BY``
+        from an index on an expression only when the two expressions are the same, and a
+        bound ``subvector(..., $2, $3)`` in a generic plan is not ``subvector(..., 1, 256)``.
+        """
+        head = func.subvector(full_vector, _integer(1), _integer(self.dims))
         if self.storage is Storage.BIT:
             return cast(func.binary_quantize(head), self.sql_type())
         if self.distance is Distance.INNER_PRODUCT:
@@ -221,6 +226,10 @@ class PrefixSpec:
             query
         )
         return result
+
+
+def _integer(value: int) -> ColumnElement[int]:
+    return literal_column(str(int(value)), Integer)
 
 
 def _check_range(what: str, value: int, bounds: tuple[int, int]) -> None:

@@ -105,7 +105,7 @@ def distributed_stages(
     computed_on_shards = [
         first.spec.full_distance(first.full_column, query_vector).label(DISTANCE_COLUMN),
         *(
-            stage.spec.index_distance(stage.column, stage.spec.expression(query_vector)).label(
+            stage.spec.index_distance(stage.value, stage.spec.expression(query_vector)).label(
                 f"mrl_stage_{i}"
             )
             for i, stage in enumerate(stages[1:], start=1)
@@ -114,7 +114,7 @@ def distributed_stages(
     inner = (
         shipped_columns(base)
         .add_columns(*computed_on_shards)
-        .order_by(first.spec.index_distance(first.column, first.spec.expression(query_vector)))
+        .order_by(first.spec.index_distance(first.value, first.spec.expression(query_vector)))
         .limit(row_counts[0])
     )
     candidates: NamedFromClause = inner.subquery("mrl_candidates_0")

@@ -56,6 +56,7 @@ from sqlalchemy.sql.selectable import Alias, FromClause, Join, NamedFromClause
 from mrl_pg.errors import PrefixSelectionError, SearchParameterError
 from mrl_pg.prefix.declare import (
     INFO_KEY,
+    IndexOnlyPrefix,
     Prefix,
     prefix_generation,
     prefixes_of,
@@ -118,11 +119,23 @@ def _prefix_key(choice: PrefixChoice) -> str | None:
     column or a mapped attribute of one; None for anything else."""
     if isinstance(choice, str):
         return choice
+    index_only = _index_only_attribute(choice)
+    if index_only is not None:
+        return index_only[0]
     mapped: Any = getattr(choice, "property", None)
     column = mapped.columns[0] if hasattr(mapped, "columns") else choice
     if isinstance(column, Column) and isinstance(column.info.get(INFO_KEY), Prefix):
         return str(column.key)
     return None
+
+
+def _index_only_attribute(choice: PrefixChoice) -> tuple[str, Any] | None:
+    """For an index-only prefix's attribute (``Model.prefix``, or an ``aliased()`` model's),
+    its name and the table or alias its expression reads; None for anything else."""
+    attribute: Any = choice
+    if not isinstance(getattr(attribute, "original_property", None), IndexOnlyPrefix):
+        return None
+    return str(attribute.original_property.__name__), getattr(attribute.parent, "selectable", None)
 
 
 @dataclass(frozen=True)
@@ -327,13 +340,13 @@ def plan_search(
 
     first = stages[0]
     carried = [first.full_column.label("mrl_full")] + [
-        stage.column.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
+        stage.value.label(f"mrl_stage_{i}") for i, stage in enumerate(stages[1:], start=1)
     ]
     made = settings_subquery(settings)
     inner = (
         base.add_columns(*carried)
         .where(made.c.mrl_applied)
-        .order_by(first.spec.index_distance(first.column, first.spec.expression(query_vector)))
+        .order_by(first.spec.index_distance(first.value, first.spec.expression(query_vector)))
         .limit(row_count(counts[0]))
     )
     candidates_so_far: NamedFromClause = inner.lateral("mrl_candidates_0")
@@ -384,9 +397,9 @@ def with_distributed_form(
 
 def _names_unique(stages: list[Prefix], available: list[Prefix]) -> bool:
     return all(
-        sum(name in (p.name, p.column.key) for p in available) == 1
+        sum(name in (p.name, p.key) for p in available) == 1
         for stage in stages
-        for name in (stage.name, stage.column.key)
+        for name in (stage.name, stage.key)
     )
 
 
@@ -453,7 +466,7 @@ def _prefixes_in(from_clause: FromClause) -> Iterator[Prefix]:
         for prefix in prefixes_of(from_clause.element):
             yield replace(
                 prefix,
-                column=from_clause.c[prefix.column.key],
+                column=None if prefix.column is None else from_clause.c[prefix.key],
                 full_column=from_clause.c[prefix.full_column.key],
             )
 
@@ -492,12 +505,16 @@ def _choose_stages(
 
 def _find_prefix(available: list[Prefix], choice: PrefixChoice) -> Prefix:
     if isinstance(choice, str):
-        matches = [p for p in available if choice in (p.name, p.column.key)]
+        matches = [p for p in available if choice in (p.name, p.key)]
+    elif (index_only := _index_only_attribute(choice)) is not None:
+        name, table = index_only
+        named = [p for p in available if not p.stored and p.key == name]
+        matches = [p for p in named if p.full_column.table is table] or named
     else:
         mapped: Any = getattr(choice, "property", None)
         column = mapped.columns[0] if hasattr(mapped, "columns") else choice
         matches = [p for p in available if p.column is column] or [
-            p for p in available if p.column.key == getattr(column, "key", None)
+            p for p in available if p.key == getattr(column, "key", None)
         ]
     if not matches:
         names = ", ".join(p.name for p in available)

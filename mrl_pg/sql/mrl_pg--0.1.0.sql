@@ -5,11 +5,12 @@
 -- Install with `psql -f mrl_pg--0.1.0.sql` or `mrl_pg.sql.install(connection)`; the function
 -- is created in the first schema of the search_path and needs the vector extension
 -- (pgvector >= 0.8). It finds the prefix of any table from the catalog: a STORED generated
--- column computed from one vector/halfvec column and carrying an HNSW index, or the column an
--- online migration keeps current by trigger. The query prefix is computed as the column is
--- (the first dimensions, normalized or binary-quantized, cast to the column's type), the
--- index's operator class gives the first-stage operator, and the full vectors rerank the
--- candidates.
+-- column computed from one vector/halfvec column and carrying an HNSW index, the column an
+-- online migration keeps current by trigger, or an index-only prefix (an HNSW index on the
+-- prefix expression itself, which the first stage then orders by). The query prefix is
+-- computed as the column is (the first dimensions, normalized or binary-quantized, cast to
+-- the column's type), the index's operator class gives the first-stage operator, and the full
+-- vectors rerank the candidates.
 -- hnsw.ef_search and hnsw.iterative_scan are set for the call only (SET clauses below, then
 -- set_config local): the caller's values are back when it returns.
 
@@ -55,9 +56,15 @@ BEGIN
     -- migration keeps current with a trigger "mrl_pg_<column>" BEFORE INSERT OR UPDATE OF
     -- <full column>, <column> (pg_trigger.tgattr). Staging columns of an unfinished online
     -- migration (named *_mrl_next) are not prefixes yet. A trigger-maintained prefix is
-    -- normalized when its index is for inner product, as mrl_pg builds it.
+    -- normalized when its index is for inner product, as mrl_pg builds it. Then the
+    -- index-only prefixes: valid HNSW indexes on one expression whose dependencies (pg_depend
+    -- of the index) are one column of the table and pgvector's subvector; each is named
+    -- <name> when its index is ix_<table>_<name>_hnsw, else by its index, and searched by the
+    -- expression as PostgreSQL prints it (pg_get_indexdef), so that the index serves it.
     FOR candidate IN
-        SELECT a.attname AS prefix_name, format_type(a.atttypid, a.atttypmod) AS prefix_type,
+        SELECT a.attname AS prefix_name, format('t.%I', a.attname) AS prefix_sql,
+               0 AS kind, a.attnum::integer AS position,
+               format_type(a.atttypid, a.atttypmod) AS prefix_type,
                a.atttypmod AS prefix_dims, vec.nspname AS vector_schema,
                coalesce(src.normalized, oc.opcname LIKE '%\_ip\_ops') AS normalized,
                f.attname AS full_name, format_type(f.atttypid, f.atttypmod) AS full_type,
@@ -126,7 +133,59 @@ BEGIN
         JOIN pg_namespace opn ON opn.oid = op.oprnamespace
         WHERE a.attrelid = tbl AND NOT a.attisdropped AND a.attname !~ '_mrl_next$'
           AND a.atttypmod > 0
-        ORDER BY a.attnum
+        UNION ALL
+        SELECT CASE WHEN left(ic.relname, length(named.head)) = named.head
+                         AND right(ic.relname, 5) = '_hnsw'
+                         AND length(ic.relname) > length(named.head) + 5
+                    THEN substr(ic.relname, length(named.head) + 1,
+                                length(ic.relname) - length(named.head) - 5)
+                    ELSE ic.relname END::name,
+               pg_get_indexdef(x.indexrelid, 1, false), 1, x.indexrelid::integer,
+               format_type(ia.atttypid, ia.atttypmod), ia.atttypmod, vec.nspname,
+               'l2_normalize' = ANY(calls.names),
+               f.attname, format_type(f.atttypid, f.atttypmod), f.atttypid, f.atttypmod,
+               opn.nspname, op.oprname, pt.typname = 'bit'
+        FROM pg_index x
+        JOIN pg_class ic ON ic.oid = x.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'hnsw'
+        CROSS JOIN LATERAL (
+            SELECT 'ix_' || t.relname || '_' AS head FROM pg_class t WHERE t.oid = x.indrelid
+        ) named
+        JOIN pg_attribute ia ON ia.attrelid = x.indexrelid AND ia.attnum = 1
+        JOIN pg_type pt ON pt.oid = ia.atttypid AND pt.typname IN ('vector', 'halfvec', 'bit')
+        CROSS JOIN LATERAL (
+            SELECT e.oid, n.nspname FROM pg_extension e
+            JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'
+        ) vec
+        CROSS JOIN LATERAL (
+            SELECT ARRAY(
+                SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
+                WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
+                  AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = x.indrelid
+                  AND dep.refobjsubid <> 0) AS cols
+        ) reads
+        CROSS JOIN LATERAL (
+            SELECT ARRAY(
+                SELECT p.proname::text FROM pg_depend dep
+                JOIN pg_proc p ON p.oid = dep.refobjid
+                JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
+                     AND member.objid = p.oid AND member.deptype = 'e'
+                     AND member.refclassid = 'pg_extension'::regclass
+                     AND member.refobjid = vec.oid
+                WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
+                  AND dep.refclassid = 'pg_proc'::regclass) AS names
+        ) calls
+        JOIN pg_attribute f ON f.attrelid = x.indrelid AND f.attnum = reads.cols[1]
+        JOIN pg_type ft ON ft.oid = f.atttypid AND ft.typname IN ('vector', 'halfvec')
+        JOIN pg_opclass oc ON oc.oid = x.indclass[0]
+        JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoppurpose = 'o'
+        JOIN pg_operator op ON op.oid = ao.amopopr
+        JOIN pg_namespace opn ON opn.oid = op.oprnamespace
+        WHERE x.indrelid = tbl AND x.indnatts = 1 AND x.indkey[0] = 0
+          AND x.indpred IS NULL AND x.indisvalid AND ic.relname !~ '_next$'
+          AND cardinality(reads.cols) = 1 AND 'subvector' = ANY(calls.names)
+          AND ia.atttypmod > 0
+        ORDER BY kind, position
     LOOP
         names := concat_ws(', ', names, quote_ident(candidate.prefix_name));
         IF prefix_column IS NULL OR candidate.prefix_name = prefix_column THEN
@@ -149,7 +208,8 @@ BEGIN
             USING ERRCODE = 'undefined_column',
                   DETAIL = 'Prefixes of the table: ' || coalesce(names, 'none') || '.',
                   HINT = 'A prefix is a STORED generated column computed from one vector or '
-                      'halfvec column, with an HNSW index.';
+                      'halfvec column, with an HNSW index, or an HNSW index on such an '
+                      'expression.';
     END IF;
 
     -- The full-vector operator: the index's own for a vector/halfvec prefix; named by the
@@ -230,11 +290,11 @@ BEGIN
     search_sql := format(
         'SELECT jsonb_build_object(%s), c.mrl_full OPERATOR(%I.%s) $1::%s AS mrl_distance '
         'FROM (SELECT %s, t.%I AS mrl_full FROM %s AS t '
-        'ORDER BY t.%I OPERATOR(%I.%s) (SELECT (%s)::%s) '
+        'ORDER BY %s OPERATOR(%I.%s) (SELECT (%s)::%s) '
         'LIMIT $2) AS c ORDER BY mrl_distance LIMIT $3',
         pk_json, full_op.nspname, full_op.oprname, chosen.full_type,
         pk_select, chosen.full_name, tbl,
-        chosen.prefix_name, chosen.index_op_schema, chosen.index_op, query_prefix,
+        chosen.prefix_sql, chosen.index_op_schema, chosen.index_op, query_prefix,
         chosen.prefix_type);
     RETURN QUERY EXECUTE search_sql USING query, pool, k;
 END

@@ -37,7 +37,7 @@ from mrl_pg.alembic.online.trigger import (
     function_sql,
     trigger_body,
 )
-from mrl_pg.prefix.names import fit_identifier
+from mrl_pg.prefix.names import default_index_name, fit_identifier
 from mrl_pg.sqltext import DIALECT, TableRef, ident, literal
 
 #: Most rows filled per backfill transaction, by default. A batch holds its rows' locks until
@@ -52,6 +52,8 @@ LOCK_ATTEMPTS = 30
 
 #: How the names of staging columns end; no prefix column of mrl_pg's ends so.
 STAGING_SUFFIX = "_mrl_next"
+#: How the names of staging indexes end.
+STAGING_INDEX_SUFFIX = "_next"
 
 
 def staging_column(column: str) -> str:
@@ -61,7 +63,7 @@ def staging_column(column: str) -> str:
 
 def staging_index(table_name: str, prefix: MRLPrefix) -> str:
     """The index a new prefix is built with before it takes its final name."""
-    return fit_identifier(prefix.index(table_name), "_next")
+    return fit_identifier(prefix.index(table_name), STAGING_INDEX_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,40 @@ class OnlineChange:
     batch_size: int = DEFAULT_BATCH_SIZE
 
     @property
-    def index_only(self) -> bool:
-        """Whether only the index changes (HNSW parameters, or a distance of the same
-        expression): then the new index is built on the current column, which stays."""
-        return self.old is not None and self.old.column_signature() == self.new.column_signature()
+    def keeps_column(self) -> bool:
+        """Whether a stored prefix's column stays as it is and only its index changes (HNSW
+        parameters, or a distance of the same expression): then the new index is built on
+        the current column."""
+        return (
+            self.old is not None
+            and self.new.stored
+            and self.old.column_signature() == self.new.column_signature()
+        )
+
+    @property
+    def builds_column(self) -> bool:
+        """Whether the change fills a staging column (prepare and backfill): the new prefix
+        is stored and its column is not the current one. An index-only prefix never writes
+        a row."""
+        return self.new.stored and not self.keeps_column
+
+    @property
+    def swaps_without_table_lock(self) -> bool:
+        """Whether the swap only drops and renames indexes (index-only prefixes, old and
+        new), which needs no lock that writers or readers wait for."""
+        return not self.new.stored and (self.old is None or not self.old.stored)
 
     @property
     def staging_column(self) -> str:
         return staging_column(self.new.column)
 
     @property
-    def indexed_column(self) -> str:
-        """The column the staging index is built on."""
-        return self.new.column if self.index_only else self.staging_column
+    def indexed_column(self) -> str | None:
+        """The column the staging index is built on; None when it is built on the prefix
+        expression (an index-only prefix)."""
+        if not self.new.stored:
+            return None
+        return self.new.column if self.keeps_column else self.staging_column
 
     @property
     def staging_index(self) -> str:
@@ -192,10 +215,17 @@ $mrl$"""
 
     @property
     def index_definition(self) -> str:
-        """The staging index's method, column and parameters: ``USING hnsw (...) WITH (...)``."""
+        """The staging index's method, column or expression, and parameters: ``USING hnsw
+        (...) WITH (...)``."""
         spec = self.new.spec()
+        column = self.indexed_column
+        indexed = (
+            ident(column)
+            if column is not None
+            else f"({expression_sql(self.new, ident(self.new.full_column))})"
+        )
         return (
-            f"USING hnsw ({ident(self.indexed_column)} {spec.opclass}) "
+            f"USING hnsw ({indexed} {spec.opclass}) "
             f"WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
         )
 
@@ -203,22 +233,15 @@ $mrl$"""
         """Retire the old prefix and give the staging column and index their final names;
         ``renames`` name the indexes of a partitioned table's partitions."""
         table, new = self.table, self.new
-        staging_index = literal(table.qualify(self.staging_index))
-        statements = [
-            f"IF NOT coalesce((SELECT indisvalid FROM pg_index "
-            f"WHERE indexrelid = to_regclass({staging_index})), false) THEN "
-            f"RAISE EXCEPTION 'mrl_pg: swap: index % is incomplete; run the migration "
-            f"again', {staging_index} USING ERRCODE = 'object_not_in_prerequisite_state'; "
-            "END IF",
-        ]
+        statements = [self._staging_index_complete_sql()]
         if self.old is not None:
             statements.append(f"DROP INDEX IF EXISTS {table.qualify(self.old.index(table.name))}")
-        if not self.index_only:
-            if self.old is not None:
-                statements += [
-                    *drop_trigger_sql(table, self.old.column),
-                    f"ALTER TABLE {table.sql} DROP COLUMN {ident(self.old.column)}",
-                ]
+        if self.old is not None and self.old.stored and not self.keeps_column:
+            statements += [
+                *drop_trigger_sql(table, self.old.column),
+                f"ALTER TABLE {table.sql} DROP COLUMN IF EXISTS {ident(self.old.column)}",
+            ]
+        if self.builds_column:
             statements += [
                 *drop_trigger_sql(table, self.staging_column),
                 f"ALTER TABLE {table.sql} RENAME COLUMN {ident(self.staging_column)} "
@@ -232,6 +255,35 @@ $mrl$"""
         ]
         return locked_ddl(table, "swap", statements)
 
+    def index_swap_sql(self) -> list[str]:
+        """The swap of an index-only change, statements to run one by one outside a
+        transaction: check that the staging index is complete, drop the old index
+        concurrently, then give the staging index its final name. Renaming an index takes a
+        lock that neither readers nor writers wait for; searches by the new prefix use the
+        staging index whatever its name, as soon as it is complete."""
+        table = self.table
+        statements = [f"DO $mrl$\nBEGIN\n    {self._staging_index_complete_sql()};\nEND\n$mrl$"]
+        if self.old is not None:
+            statements.append(
+                f"DROP INDEX CONCURRENTLY IF EXISTS {table.qualify(self.old.index(table.name))}"
+            )
+        rename = (
+            f"ALTER INDEX {table.qualify(self.staging_index)} "
+            f"RENAME TO {ident(self.new.index(table.name))}"
+        )
+        statements.append(locked_ddl(table, "swap", [rename], lock_table=False))
+        return statements
+
+    def _staging_index_complete_sql(self) -> str:
+        staging_index = literal(self.table.qualify(self.staging_index))
+        return (
+            f"IF NOT coalesce((SELECT indisvalid FROM pg_index "
+            f"WHERE indexrelid = to_regclass({staging_index})), false) THEN "
+            f"RAISE EXCEPTION 'mrl_pg: swap: index % is incomplete; run the migration "
+            f"again', {staging_index} USING ERRCODE = 'object_not_in_prerequisite_state'; "
+            "END IF"
+        )
+
 
 def abandon_statements(table: TableRef, staging: str) -> list[str]:
     """Drop a staging column (with its index) and its trigger."""
@@ -243,15 +295,22 @@ def abandon_statements(table: TableRef, staging: str) -> list[str]:
 
 def abandon_sql(table: TableRef, column: str) -> str:
     """Remove what an unfinished online change of prefix ``column`` left on ``table``: a
-    staging column with its index and trigger, or staging indexes (``..._next``) on the
-    column itself. The table's current prefix stays as it is."""
+    staging column with its index and trigger, staging indexes (``..._next``) on the column
+    itself, or those of an index-only prefix named ``column`` (with its default index name).
+    The table's current prefix stays as it is."""
+    expression_staging = fit_identifier(
+        default_index_name(table.name, column), STAGING_INDEX_SUFFIX
+    )
     staging_indexes = (
         "SELECT x.indexrelid::regclass FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid "
-        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] "
+        "JOIN pg_class t ON t.oid = x.indrelid "
+        "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] "
         f"WHERE (x.indrelid = {table.regclass} OR x.indrelid IN "
         f"(SELECT relid FROM pg_partition_tree({table.regclass}))) "
-        f"AND a.attname = {literal(column)} AND i.relname LIKE '%\\_next' "
+        f"AND i.relname LIKE '%\\_next' AND (a.attname = {literal(column)} "
+        f"OR x.indkey[0] = 0 AND i.relname IN ({literal(expression_staging)}, "
+        f"t.relname || '_' || {literal(column)} || '_idx_next')) "
         "AND NOT EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)"
     )
     drop_staging_indexes = (
@@ -265,14 +324,18 @@ def abandon_sql(table: TableRef, column: str) -> str:
     )
 
 
-def locked_ddl(table: TableRef, step: str, statements: list[str]) -> str:
+def locked_ddl(
+    table: TableRef, step: str, statements: list[str], *, lock_table: bool = True
+) -> str:
     """A DO block running ``statements`` in one transaction, each attempt waiting at most
     ``LOCK_TIMEOUT_MS`` for its locks, up to ``LOCK_ATTEMPTS`` attempts.
 
     The block first locks the table, and with it every partition, parent before children as
     writers lock them, so that it never waits for a lock while holding another: the
-    statements need no lock it does not hold already."""
-    statements = [f"LOCK TABLE {table.sql} IN ACCESS EXCLUSIVE MODE", *statements]
+    statements need no lock it does not hold already. ``lock_table=False`` leaves that out,
+    for statements whose locks readers and writers do not wait for."""
+    if lock_table:
+        statements = [f"LOCK TABLE {table.sql} IN ACCESS EXCLUSIVE MODE", *statements]
     body = "".join(f"            {statement};\n" for statement in statements)
     return f"""DO $mrl$
 BEGIN

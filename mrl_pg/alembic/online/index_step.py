@@ -42,8 +42,11 @@ _TREE_SQL = text(
 )
 _INDEX_SQL = text(
     """
-    SELECT x.indrelid = to_regclass(:table) AND a.attname = :column AS ours,
+    SELECT x.indrelid = to_regclass(:table)
+               AND CASE WHEN CAST(:column AS name) IS NULL THEN x.indkey[0] = 0
+                        ELSE a.attname = CAST(:column AS name) END AS ours,
            x.indisvalid AS valid, opc.opcname AS opclass, c.reloptions AS options,
+           (SELECT atttypmod FROM pg_attribute WHERE attrelid = c.oid AND attnum = 1) AS dims,
            EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = c.oid
                    AND h.inhparent = to_regclass(:parent_index)) AS attached
     FROM pg_class c
@@ -180,7 +183,11 @@ def _state(
         return "missing"
     spec = change.new.spec()
     wanted = {f"m={spec.m}", f"ef_construction={spec.ef_construction}"}
-    fits = row.opclass == spec.opclass and set(row.options or ()) == wanted
+    fits = (
+        row.opclass == spec.opclass
+        and row.dims == spec.dims
+        and set(row.options or ()) == wanted
+    )
     if fits and (row.valid or not leaf):
         return "attached" if row.attached else "built"
     index = table.qualify(name)
@@ -194,6 +201,7 @@ def _state(
 def _index_params(
     change: OnlineChange, table: TableRef, name: str, parent_index: str | None = None
 ) -> dict[str, str | None]:
+    """``column``: the column the staging index is on, None for a prefix expression."""
     return {
         "table": table.sql,
         "column": change.indexed_column,

@@ -34,8 +34,9 @@ from mrl_pg.sqltext import TableRef
 logger = logging.getLogger("alembic.mrl_pg")
 
 def run_online(operations: Operations, change: OnlineChange) -> None:
-    """Check, then prepare, backfill, index and swap (only index and swap when the column
-    stays as it is); in ``--sql`` mode, write the script."""
+    """Check, then prepare, backfill, index and swap (only index and swap when no column is
+    filled: the column stays as it is, or the new prefix is index-only); in ``--sql`` mode,
+    write the script."""
     require_direct_connection(operations)
     refuse_online_change(operations, change.table)
     context = operations.get_context()
@@ -43,13 +44,13 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
     if live and _already_applied(operations.get_bind(), change):
         logger.info("%s on %s is already in place", change.new.column, change.table.sql)
         return
-    check(operations, change.table, adding=change.new, dropping=change.old)
+    check(operations, change.table, adding=change.new, dropping=change.old, resuming=True)
     partitions = partition_indexes(operations.get_bind(), change) if live else None
     if live:
         check_index_names(operations.get_bind(), change, partitions)
     with context.autocommit_block():
         operations.execute("SET statement_timeout = 0")
-        if not change.index_only:
+        if change.builds_column:
             with _progress(operations.get_bind() if live else None):
                 operations.execute(change.prepare_sql())
                 if live:
@@ -60,9 +61,14 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
         else:
             operations.execute(change.drop_index_sql())
             operations.execute(change.create_index_sql())
-        renames = [partition.rename_sql() for partition in partitions or ()]
-        with _progress(operations.get_bind() if live else None):
-            operations.execute(change.swap_sql(renames))
+        if change.swaps_without_table_lock and partitions is None:
+            with _progress(operations.get_bind() if live else None):
+                for statement in change.index_swap_sql():
+                    operations.execute(statement)
+        else:
+            renames = [partition.rename_sql() for partition in partitions or ()]
+            with _progress(operations.get_bind() if live else None):
+                operations.execute(change.swap_sql(renames))
         operations.execute("RESET statement_timeout")
     if live:
         logger.info("%s on %s is in place", change.new.column, change.table.sql)
