@@ -79,6 +79,7 @@ class Item(MRLSearchMixin, Base):
     embedding: Mapped[Any] = mapped_column(VECTOR(DIMS), deferred=True)
     embedding_32 = mrl_prefix(embedding, 32)
     embedding_bit = mrl_prefix(embedding, 48, storage="bit")
+    embedding_index_only = mrl_prefix(embedding, 24, storage="vector", stored=False)
 
 
 items = Item.__table__
@@ -150,7 +151,7 @@ def test_the_table_is_sharded_with_its_prefixes_and_indexes(loaded: Engine) -> N
             {"t": f"{SCHEMA}.items"},
         ).scalars().all()
     assert shards == SHARDS
-    assert indexes == ["2"] * SHARDS
+    assert indexes == ["3"] * SHARDS  # two stored prefixes, one index-only
 
 
 def test_unfiltered_search_across_all_shards(loaded: Engine) -> None:
@@ -327,6 +328,67 @@ def test_alembic_ops_in_plain_mode_and_online_refused(loaded: Engine) -> None:
         ).scalar_one()
         docs.drop(conn)
     assert columns == 2
+
+
+def test_index_only_prefix_across_shards_and_on_one(loaded: Engine) -> None:
+    """Each shard's expression index serves its first stage."""
+    with Session(loaded) as session:
+        found = [
+            [item.id for item, _ in session.execute(
+                search(Item, q, K, prefix=Item.embedding_index_only, candidates=80)
+            )]
+            for q in QUERY_VECTORS
+        ]
+        assert recall(found, truth()) >= 0.9
+        tenant = select(Item).where(Item.tenant == 7)
+        routed = search(tenant, QUERY_VECTORS[0], K, prefix="embedding_index_only")
+        rows = session.execute(routed).all()
+        assert len(rows) == K and all(item.tenant == 7 for item, _ in rows)
+        assert shard_tasks(session.connection(), routed) == 1
+
+
+def test_index_only_prefix_online_changes(loaded: Engine) -> None:
+    """Online add, resize and drop of an index-only prefix: concurrent index builds and drops
+    on every shard; a stored prefix's online change is refused, a plain switch is not."""
+    notes = Table(
+        "notes", MetaData(schema=SCHEMA),
+        Column("id", Integer, primary_key=True), Column("embedding", VECTOR(DIMS)),
+    )
+    small = MRLPrefix("embedding_mrl", "embedding", DIMS, 8, stored=False)
+    large = MRLPrefix("embedding_mrl", "embedding", DIMS, 24, storage="vector", stored=False)
+    stored = MRLPrefix("embedding_mrl", "embedding", DIMS, 24, storage="vector")
+    with loaded.begin() as conn:
+        notes.create(conn)
+        distribute_table(conn, notes, "id", shard_count=4)
+        copy_vectors(conn, notes, "embedding", VECTORS[:500], {"id": IDS[:500].tolist()})
+
+    def migrate(name: str, *args: Any, **kwargs: Any) -> None:
+        with loaded.connect() as conn:
+            context = MigrationContext.configure(conn)
+            with context.begin_transaction():
+                getattr(Operations(context), name)("notes", *args, schema=SCHEMA, **kwargs)
+
+    def shard_indexes() -> list[str]:
+        with loaded.connect() as conn:
+            return sorted(conn.execute(text(
+                "SELECT DISTINCT result FROM run_command_on_shards(CAST(:t AS regclass), "
+                "$cmd$SELECT string_agg(format_type(a.atttypid, a.atttypmod), ',') "
+                "FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indexrelid "
+                "WHERE x.indrelid = '%s'::regclass AND x.indkey[0] = 0 AND x.indisvalid$cmd$)"
+            ), {"t": f"{SCHEMA}.notes"}).scalars().all())
+
+    migrate("add_mrl_prefix", small, online=True)
+    assert shard_indexes() == ["halfvec(8)"]
+    migrate("resize_mrl_prefix", small, large, online=True)
+    assert shard_indexes() == ["vector(24)"]
+    with pytest.raises(DistributedTableError, match="index-only"):
+        migrate("resize_mrl_prefix", large, stored, online=True)
+    migrate("resize_mrl_prefix", large, stored)
+    migrate("resize_mrl_prefix", stored, large)
+    migrate("drop_mrl_prefix", large, online=True)
+    assert shard_indexes() in ([], [""])
+    with loaded.begin() as conn:
+        notes.drop(conn)
 
 
 def test_reference_table_and_refusals(loaded: Engine) -> None:

@@ -158,7 +158,8 @@ def drop_mrl_prefix(operations: Operations, operation: DropMRLPrefixOp) -> None:
     if not operation.online:
         _drop(operations, table, operation.prefix)
         return
-    refuse_online_change(operations, table)
+    if operation.prefix.stored:
+        refuse_online_change(operations, table)
     if operation.prefix.stored or _partitioned(operations, table):
         operations.execute(locked_ddl(table, "drop", _drop_sql(table, operation.prefix)))
     else:

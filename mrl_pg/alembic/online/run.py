@@ -38,7 +38,8 @@ def run_online(operations: Operations, change: OnlineChange) -> None:
     filled: the column stays as it is, or the new prefix is index-only); in ``--sql`` mode,
     write the script."""
     require_direct_connection(operations)
-    refuse_online_change(operations, change.table)
+    if not change.swaps_without_table_lock:
+        refuse_online_change(operations, change.table)
     context = operations.get_context()
     live = not context.as_sql
     if live and _already_applied(operations.get_bind(), change):
