@@ -50,6 +50,11 @@ class MissingExtensionError(MRLError, RuntimeError):
     its pgvector is older than what was asked for needs."""
 
 
+class PgvectorVersionError(MissingExtensionError):
+    """The database's pgvector is older than 0.7, which added the functions every prefix
+    expression uses (``subvector``, ``halfvec``, ``binary_quantize``)."""
+
+
 class DistributionError(MRLError, RuntimeError):
     """A table cannot be handed to Citus as asked: the database has no ``citus`` extension,
     or an argument is out of range."""

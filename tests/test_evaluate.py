@@ -22,6 +22,7 @@ from mrl_pg.tools.measure.errors import (
     UnknownTableError,
     VectorFileError,
 )
+from mrl_pg.tools.measure.inputs import from_files, from_table, from_table_segments
 from tests.data import decaying_vectors
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -173,3 +174,44 @@ def test_evaluate_command_reports_errors_without_a_traceback(
 ) -> None:
     assert main(["evaluate", "--vectors", str(tmp_path / "missing.npy")]) == 2
     assert "mrl-pg evaluate: error: cannot read" in capsys.readouterr().err
+
+
+def test_rows_takes_a_seeded_random_sample_of_a_table(engine: Engine) -> None:
+    table = Table("sampled_docs", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("embedding", VECTOR(4)))
+    ids = np.arange(1000, dtype=np.float32)
+    with engine.begin() as conn:
+        table.create(conn)  # each row's first dimension is its id, rows written in id order
+        copy_vectors(conn, table, "embedding",
+                     np.column_stack([ids, np.ones((1000, 3), dtype=np.float32)]),
+                     {"id": range(1000)})
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+
+    def read_ids(seed: int, segments: bool = False) -> set[int]:
+        if segments:
+            data = from_table_segments(engine, f"{schema}.sampled_docs", "embedding", "id",
+                                       max_rows=100, seed=seed)
+            return {int(v[0]) for v in data.vectors}
+        dataset = from_table(engine, f"{schema}.sampled_docs", "embedding", 10,
+                             max_rows=100, seed=seed)
+        return {int(v[0]) for v in np.vstack([dataset.vectors, dataset.queries])}
+
+    first = read_ids(seed=1)
+    assert len(first) == 100
+    assert max(first) >= 500 and first != set(range(100))  # not the first rows on disk
+    assert read_ids(seed=1) == first and read_ids(seed=1, segments=True) == first
+    assert read_ids(seed=2) != first
+
+
+def test_rows_takes_a_seeded_random_sample_of_a_file(files: tuple[Path, Path]) -> None:
+    vectors_file, _ = files
+    everything = np.load(vectors_file)
+
+    def read(seed: int) -> list[int]:
+        dataset = from_files(vectors_file, None, 10, max_rows=200, seed=seed)
+        rows = np.vstack([dataset.vectors, dataset.queries])
+        return sorted(int(np.flatnonzero((everything == row).all(axis=1))[0]) for row in rows)
+
+    first = read(seed=1)
+    assert len(set(first)) == 200 and max(first) >= 750
+    assert read(seed=1) == first and read(seed=2) != first

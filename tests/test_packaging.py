@@ -1,13 +1,16 @@
 """What an installed package holds: the package list, the wheel's files, the top-level exports,
-and `mrl-pg demo` run from a wheel installed into a fresh virtual environment."""
+the source distribution's docs, and `mrl-pg demo` run from a wheel installed into a fresh
+virtual environment."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import venv
 import zipfile
@@ -21,8 +24,12 @@ from mrl_pg.errors import MRLError, NoDatabaseError
 from mrl_pg.tools import server
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What the wheel is built from (README.md is the package's long description).
-SOURCES = ("pyproject.toml", "README.md", "mrl_pg", "migrations")
+#: What the wheel and the source distribution are built from (README.md is the package's long
+#: description; MANIFEST.in adds the folders the README names by path to the sdist).
+SOURCES = (
+    "pyproject.toml", "README.md", "MANIFEST.in", "mrl_pg", "migrations", "docs", "sql",
+    "docker", "benchmarks",
+)
 
 
 def source_packages() -> set[str]:
@@ -67,9 +74,9 @@ def test_no_database_and_no_embedded_server(
     assert isinstance(raised.value, MRLError) and isinstance(raised.value, RuntimeError)
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a copy of the sources, so the build leaves the checkout alone."""
+def copy_of_the_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what a build reads, so that building leaves the checkout alone (links, such
+    as sql/'s script, copied as files)."""
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         if (ROOT / name).is_dir():
@@ -79,6 +86,51 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
         else:
             shutil.copy2(ROOT / name, source / name)
+    return source
+
+
+@pytest.fixture(scope="module")
+def sdist_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The files of a source distribution built from a copy of the sources, relative to its
+    top folder. The build backend (setuptools >= 77, which pyproject.toml asks for) is
+    installed into a scratch folder, as pip does for the wheel."""
+    source = copy_of_the_sources(tmp_path_factory)
+    backend, out = tmp_path_factory.mktemp("backend"), tmp_path_factory.mktemp("sdist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(backend),
+         "setuptools>=77"],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys, setuptools.build_meta as b; b.build_sdist(sys.argv[1])", str(out)],
+        cwd=source, env={**os.environ, "PYTHONPATH": str(backend)},
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    (built,) = out.glob("mrl_pg-*.tar.gz")
+    with tarfile.open(built) as archive:
+        return {name.partition("/")[2] for name in archive.getnames()}
+
+
+@pytest.mark.slow
+def test_the_sdist_holds_every_file_the_readme_links_to(sdist_names: set[str]) -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    targets = {
+        target
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+        if "://" not in target
+    }
+    assert targets, "the README links to no file"
+    assert targets <= sdist_names
+    documents = {path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").iterdir()}
+    assert documents <= sdist_names
+    assert {"sql/mrl_pg--0.1.0.sql", "docker/compose.yaml", "migrations/env.py"} <= sdist_names
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from a copy of the sources."""
+    source = copy_of_the_sources(tmp_path_factory)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),

@@ -1,12 +1,19 @@
-"""Checks an operation makes before any DDL: its prefixes, then the table they apply to."""
+"""Checks an operation makes before any DDL: its prefixes, the database's pgvector (for a
+prefix it adds), then the table they apply to."""
 
 from __future__ import annotations
 
 from alembic.operations import Operations
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from mrl_pg.alembic.migration_prefix import MRLPrefix
-from mrl_pg.errors import MRLError, NotAVectorColumnError, PrefixConfigError
+from mrl_pg.errors import (
+    MissingExtensionError,
+    MRLError,
+    NotAVectorColumnError,
+    PrefixConfigError,
+)
+from mrl_pg.pgvector_version import require_minimum
 from mrl_pg.sqltext import TableRef
 
 
@@ -32,6 +39,8 @@ def check(
     if operations.get_context().as_sql:
         return
     conn = operations.get_bind()
+    if adding is not None:
+        check_pgvector(conn)
     table, qualified = table_ref.name, table_ref.sql
     columns: dict[str, str] = dict(
         conn.execute(
@@ -83,3 +92,16 @@ def check(
     replaced_index = dropping.index(table) if dropping is not None else None
     if index != replaced_index and index_exists(index):
         raise MigrationCheckError(f"an index or table named {index!r} already exists")
+
+
+def check_pgvector(conn: Connection) -> None:
+    """The ``vector`` extension is installed, at a version whose functions a prefix
+    expression can use (:data:`mrl_pg.pgvector_version.MINIMUM`)."""
+    version = conn.execute(
+        text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    ).scalar_one_or_none()
+    if version is None:
+        raise MissingExtensionError(
+            "the database has no vector extension (pgvector): CREATE EXTENSION vector"
+        )
+    require_minimum(version)

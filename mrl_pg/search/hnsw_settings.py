@@ -29,7 +29,8 @@ rows are then exact; on a table big enough to need the index, the index stays ch
 Which ``hnsw.*`` settings the server has is asked once per connection: an older pgvector
 lacks some (``hnsw.iterative_scan`` came with 0.8), and PostgreSQL refuses unknown names under
 its prefix once the library is loaded. A setting the server lacks is left out, with a
-:class:`~mrl_pg.errors.PgvectorFeatureWarning`.
+:class:`~mrl_pg.errors.PgvectorFeatureWarning`. The same probe checks the extension's version
+against the oldest pgvector mrl_pg works with (0.7, :mod:`mrl_pg.pgvector_version`).
 
 These two statements of mrl_pg's own (putting values back, asking for the settings) are never
 prepared by psycopg, whatever the connection's ``prepare_threshold``: behind PgBouncer before
@@ -64,6 +65,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
 
 from mrl_pg.errors import MissingExtensionError, PgvectorFeatureWarning
+from mrl_pg.pgvector_version import require_minimum
 
 #: ``(setting, value)`` pairs, in the order they are made.
 Settings = tuple[tuple[str, str], ...]
@@ -274,19 +276,24 @@ def _forget_pending_on_reset(
 
 def pgvector_settings(conn: Connection) -> frozenset[str]:
     """The ``hnsw.*`` settings of the server's pgvector, asked once per DBAPI connection. A
-    ``vector`` literal loads the library, which defines them, before ``pg_settings`` is read."""
+    ``vector`` literal loads the library, which defines them, before ``pg_settings`` is read.
+    The same first query reads the extension's version, checked against mrl_pg's minimum
+    (:func:`~mrl_pg.pgvector_version.require_minimum`): an older pgvector raises
+    :class:`~mrl_pg.errors.PgvectorVersionError` at the connection's first search, and at
+    each later one, since nothing is cached for it."""
     known: frozenset[str] | None = conn.info.get(_KNOWN_KEY)
     if known is not None:
         return known
     rows = _run(
         conn,
-        "SELECT quote_ident(n.nspname) FROM pg_extension e "
+        "SELECT quote_ident(n.nspname), e.extversion FROM pg_extension e "
         "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'",
     )
     if not rows:
         raise MissingExtensionError(
             "the database has no vector extension (pgvector): CREATE EXTENSION vector"
         )
+    require_minimum(rows[0][1])
     rows = _run(
         conn,
         f"SELECT name FROM pg_settings WHERE '[0]'::{rows[0][0]}.vector IS NOT NULL "

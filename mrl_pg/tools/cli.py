@@ -25,7 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        module.configure(commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0]))
+        summary = (module.__doc__ or name).strip()
+        module.configure(
+            commands.add_parser(
+                name,
+                help=summary.splitlines()[0],
+                description=summary.replace("``", ""),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command])
     try:

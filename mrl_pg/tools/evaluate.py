@@ -3,11 +3,23 @@
 Reads the vectors (an ``.npy`` file, a column of an existing table, or the MRL-like generator)
 and samples queries: a query file, or rows held out from the vectors. For every prefix size and
 candidate count it computes, exactly in numpy, what the two-stage search returns when the
-prefix ranking is exact (the HNSW index can only lose a little more; ``mrl-pg bench`` measures
-that), against the exact full-dimension neighbours. It prints mean recall and the mean recall
-of the 1% and 5% of queries that fare worst, recommends the smallest prefix that reaches
-``--target-recall`` (on average and, with ``--worst``, for the worst 5% too), and writes a
-PNG. A table is only read, with one ``SELECT``.
+prefix ranking is exact, against the exact full-dimension neighbours. It prints mean recall
+and the mean recall of the 1% and 5% of queries that fare worst, recommends the smallest
+prefix that reaches ``--target-recall`` (on average and, with ``--worst``, for the worst 5%
+too), and writes a PNG.
+
+"recommended: prefix N with C candidates" means ``mrl_prefix(embedding, N)`` on the model and
+``mrl_search(..., candidates=C)`` (or ``oversample=C/k``) when searching.
+
+Its recall is an upper bound: the prefix ranking is exact float32 arithmetic, where the HNSW
+index is approximate and ``halfvec``/``bit`` storage rounds the prefix (``mrl-pg bench``
+measures all three on a scratch copy). Leave a margin, or confirm with ``bench``.
+
+A table is only read, with one ``SELECT``, and every row it sends is held in memory: give
+``--rows N`` to read a random sample of N rows instead (the same rows for the same ``--seed``;
+the server still scans the whole table). The plot needs matplotlib (``pip install
+'mrl-pg[plot]'``); without it the figures are printed and the JSON written, then the command
+says so and exits with status 2.
 """
 
 from __future__ import annotations

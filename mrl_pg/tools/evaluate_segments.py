@@ -46,7 +46,9 @@ def evaluate_segments(args: argparse.Namespace) -> dict[str, Any]:
         )
     engine = engine_from_args(args)
     try:
-        data = from_table_segments(engine, args.table, args.column, args.segment, args.rows)
+        data = from_table_segments(
+            engine, args.table, args.column, args.segment, args.rows, args.seed
+        )
     finally:
         engine.dispose()
     dims = int(data.vectors.shape[1])

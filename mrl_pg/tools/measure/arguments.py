@@ -35,7 +35,8 @@ def comma_list(convert: Callable[[str], _T]) -> Callable[[str], list[_T]]:
 def add_source_arguments(parser: argparse.ArgumentParser, default_dims: int) -> None:
     data = parser.add_argument_group("data (generated unless a file or table is given)")
     data.add_argument("--rows", type=int, default=None,
-                      help="rows to generate (default 10000), or at most this many to read")
+                      help="rows to generate (default 10000), or a random sample (by --seed) "
+                           "of this many to read from --vectors or --table (default: all)")
     data.add_argument("--dims", type=int, default=default_dims, help="generated dimensions")
     data.add_argument("--vectors", type=Path, help="a (rows, dims) .npy file of embeddings")
     data.add_argument("--queries", type=Path,

@@ -63,8 +63,12 @@ def from_files(
     max_rows: int | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """Vectors from one ``.npy`` file; queries from another, or held out from the first."""
-    vectors = read_npy(vectors_path)[:max_rows]
+    """Vectors from one ``.npy`` file (with ``max_rows``, a seeded random sample of that many
+    of its rows, in file order); queries from another, or held out from the first."""
+    vectors = read_npy(vectors_path)
+    if max_rows is not None and max_rows < len(vectors):
+        picked = np.random.default_rng(seed).choice(len(vectors), size=max_rows, replace=False)
+        vectors = vectors[np.sort(picked)]
     if queries_path is None:
         base, queries = hold_out(vectors, query_count, seed)
         source = f"{vectors_path} ({len(queries)} rows held out as queries)"
@@ -86,19 +90,18 @@ def from_table(
     max_rows: int | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """The vectors of ``table.column`` (``table`` may be schema-qualified), queries held out."""
+    """The vectors of ``table.column`` (``table`` may be schema-qualified), queries held out;
+    with ``max_rows``, a seeded random sample of that many rows (:func:`sampled`)."""
     relation, half = _vector_column(engine, table, column)
     statement = sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL").format(
         sql.Identifier(column), sql.SQL(relation), sql.Identifier(column)
     )
-    if max_rows is not None:
-        statement += sql.SQL(" LIMIT {}").format(sql.Literal(max_rows))
     raw: Any = engine.raw_connection()
     try:
         connection = raw.driver_connection
         register_vector(connection)
         with connection.cursor(binary=True) as cursor:
-            cursor.execute(statement)
+            cursor.execute(sampled(statement, max_rows, seed))
             values = [_as_array(row[0]) for row in cursor]
         connection.rollback()
     finally:
@@ -123,9 +126,15 @@ class SegmentedRows:
 
 
 def from_table_segments(
-    engine: Engine, table: str, column: str, segment: str, max_rows: int | None = None
+    engine: Engine,
+    table: str,
+    column: str,
+    segment: str,
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> SegmentedRows:
-    """The vectors of ``table.column`` and the ``segment`` column's value of each row."""
+    """The vectors of ``table.column`` and the ``segment`` column's value of each row; with
+    ``max_rows``, of a seeded random sample of that many rows (:func:`sampled`)."""
     relation, half = _vector_column(engine, table, column)
     if _column_type(engine, table, segment) is None:
         raise UnknownTableError(f"table {relation} has no column {segment!r}")
@@ -133,14 +142,12 @@ def from_table_segments(
         sql.Identifier(column), sql.Identifier(segment), sql.SQL(relation),
         sql.Identifier(column),
     )
-    if max_rows is not None:
-        statement += sql.SQL(" LIMIT {}").format(sql.Literal(max_rows))
     raw: Any = engine.raw_connection()
     try:
         connection = raw.driver_connection
         register_vector(connection)
         with connection.cursor(binary=True) as cursor:
-            cursor.execute(statement)
+            cursor.execute(sampled(statement, max_rows, seed))
             rows = [(_as_array(vector), "NULL" if value is None else value)
                     for vector, value in cursor]
         connection.rollback()
@@ -154,6 +161,20 @@ def from_table_segments(
         half=half,
         source=f"{relation}.{column} by {segment}",
     )
+
+
+def sampled(statement: sql.Composed, max_rows: int | None, seed: int) -> sql.Composed:
+    """``statement`` (a ``SELECT`` from one table), limited to a random sample of
+    ``max_rows`` rows when given. The rows are ordered by a hash of their physical address
+    (partition and ``ctid``) seeded with ``seed``: the same seed picks the same rows of an
+    unchanged table, whatever order the scan reads them in, without the server's ``random()``
+    state. The server still reads every row; it keeps ``max_rows`` of them (a top-N sort),
+    and only those are sent."""
+    if max_rows is None:
+        return statement
+    return statement + sql.SQL(
+        " ORDER BY hashtextextended(tableoid::text || ctid::text, {}) LIMIT {}"
+    ).format(sql.Literal(seed), sql.Literal(max_rows))
 
 
 def read_npy(path: Path) -> Matrix:

@@ -3,8 +3,9 @@
 ``exact``, ``full_hnsw`` and ``handwritten`` are SQL as a pgvector user writes it by hand:
 psycopg 3 with pgvector's ``register_vector``, the vectors sent as binary parameters, and
 settings made with ``SET LOCAL`` in a transaction per query. ``handwritten`` is the two-stage
-statement of the design notes (the query's prefix computed on the client, the candidates
-reranked by the full distance); ``mrl_search`` is the library's public API on the same table.
+statement written by hand (an inner ``ORDER BY`` of the prefix distance with ``LIMIT``
+candidates, the query's prefix computed on the client, then the candidates reranked by the
+full distance); ``mrl_search`` is the library's public API on the same table.
 """
 
 from __future__ import annotations
