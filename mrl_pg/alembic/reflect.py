@@ -43,23 +43,40 @@ _COLUMNS_SQL = text(
     WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
     """
 )
+def _columns_read(catalog: str, object_id: str, table_id: str, own_column: str) -> str:
+    """SQL: the columns of table ``table_id`` (other than ``own_column``) that object
+    ``object_id`` of catalog ``catalog`` depends on, as ``pg_depend`` records them."""
+    return (
+        "ARRAY(SELECT DISTINCT dep.refobjsubid FROM pg_depend dep "
+        f"WHERE dep.classid = '{catalog}'::regclass AND dep.objid = {object_id} "
+        f"AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = {table_id} "
+        f"AND dep.refobjsubid NOT IN (0, {own_column}))"
+    )
+
+
+def _vector_functions_called(catalog: str, object_id: str) -> str:
+    """SQL: the names of the ``vector`` extension's functions that object ``object_id`` of
+    catalog ``catalog`` depends on (an extension's functions are recorded there; PostgreSQL's
+    built-ins are pinned and are not)."""
+    return (
+        "ARRAY(SELECT p.proname::text FROM pg_depend dep "
+        "JOIN pg_proc p ON p.oid = dep.refobjid "
+        "JOIN pg_depend member ON member.classid = 'pg_proc'::regclass "
+        "AND member.objid = p.oid AND member.deptype = 'e' "
+        "AND member.refclassid = 'pg_extension'::regclass "
+        "JOIN pg_extension e ON e.oid = member.refobjid AND e.extname = 'vector' "
+        f"WHERE dep.classid = '{catalog}'::regclass AND dep.objid = {object_id} "
+        "AND dep.refclassid = 'pg_proc'::regclass)"
+    )
+
+
 #: Each STORED generated column: the other columns of the table its expression reads, and
 #: the functions of the ``vector`` extension it calls.
 _GENERATED_SQL = text(
-    """
+    f"""
     SELECT a.attnum AS number,
-           ARRAY(SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
-                 WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-                   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
-                   AND dep.refobjsubid NOT IN (0, a.attnum)) AS reads,
-           ARRAY(SELECT p.proname::text FROM pg_depend dep
-                 JOIN pg_proc p ON p.oid = dep.refobjid
-                 JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
-                      AND member.objid = p.oid AND member.deptype = 'e'
-                      AND member.refclassid = 'pg_extension'::regclass
-                 JOIN pg_extension e ON e.oid = member.refobjid AND e.extname = 'vector'
-                 WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-                   AND dep.refclassid = 'pg_proc'::regclass) AS calls
+           {_columns_read("pg_attrdef", "d.oid", "a.attrelid", "a.attnum")} AS reads,
+           {_vector_functions_called("pg_attrdef", "d.oid")} AS calls
     FROM pg_attribute a
     JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
     WHERE a.attrelid = to_regclass(:table) AND a.attgenerated = 's' AND NOT a.attisdropped
@@ -88,21 +105,11 @@ _HNSW_INDEXES_SQL = text(
 #: Each valid HNSW index on one expression: its type, the columns it reads, the functions of
 #: the ``vector`` extension it calls.
 _EXPRESSION_INDEXES_SQL = text(
-    """
+    f"""
     SELECT c.relname AS index_name, t.typname AS type, ia.atttypmod AS dims,
            opc.opcname AS opclass, c.reloptions AS options,
-           ARRAY(SELECT DISTINCT dep.refobjsubid FROM pg_depend dep
-                 WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
-                   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = x.indrelid
-                   AND dep.refobjsubid <> 0) AS reads,
-           ARRAY(SELECT p.proname::text FROM pg_depend dep
-                 JOIN pg_proc p ON p.oid = dep.refobjid
-                 JOIN pg_depend member ON member.classid = 'pg_proc'::regclass
-                      AND member.objid = p.oid AND member.deptype = 'e'
-                      AND member.refclassid = 'pg_extension'::regclass
-                 JOIN pg_extension e ON e.oid = member.refobjid AND e.extname = 'vector'
-                 WHERE dep.classid = 'pg_class'::regclass AND dep.objid = x.indexrelid
-                   AND dep.refclassid = 'pg_proc'::regclass) AS calls
+           {_columns_read("pg_class", "x.indexrelid", "x.indrelid", "0")} AS reads,
+           {_vector_functions_called("pg_class", "x.indexrelid")} AS calls
     FROM pg_index x
     JOIN pg_class c ON c.oid = x.indexrelid
     JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
