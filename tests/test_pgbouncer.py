@@ -206,7 +206,10 @@ class Clients:
     def check(self) -> None:
         assert not self.errors, self.errors[0]
         assert not self.short, f"searches returned {self.short} rows instead of 10"
-        leaked = [row for row in self.reads if row != tuple(DEFAULTS.values())]
+        # A server connection PgBouncer opened for a reader, on which no search ran, has not
+        # loaded pgvector: its hnsw.* settings do not exist yet (NULL), which is as clean.
+        clean = (tuple(DEFAULTS.values()), (None, None, None))
+        leaked = [row for row in self.reads if row not in clean]
         assert self.reads and not leaked, f"{len(leaked)} of {len(self.reads)} reads: {leaked[:3]}"
 
 
