@@ -4,6 +4,7 @@ numpy ground truth, hostile identifiers, clear errors, scoped settings, ``psql -
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -45,10 +46,13 @@ HOSTILE_PREFIX = "pre'fix; x"
 HOSTILE_KEY = 'The "Key"'
 
 metadata = MetaData()
+GROUPS = 50  # ``grp = id % 50``: a filter on it keeps 2% of the rows
 plain = Table(
     "plain",
     metadata,
     Column("id", Integer, primary_key=True),
+    Column("grp", Integer),
+    Column("note", String(10)),
     Column("embedding", VECTOR(DIMS)),
 )
 for distance in Distance:
@@ -86,7 +90,14 @@ add_prefix_column(
 @pytest.fixture(scope="module")
 def sql_engine(database_url: str, server_engine: Engine) -> Iterator[Engine]:
     with schema_engine(database_url, server_engine) as engine:
-        create_and_load(engine, plain, "embedding", VECTORS, {"id": list(range(ROWS))})
+        create_and_load(
+            engine, plain, "embedding", VECTORS,
+            {
+                "id": list(range(ROWS)),
+                "grp": [i % GROUPS for i in range(ROWS)],
+                "note": [None if i % 3 else "x" for i in range(ROWS)],
+            },
+        )
         create_and_load(engine, index_only, HOSTILE_FULL, VECTORS, {"id": list(range(ROWS))})
         create_and_load(
             engine,
@@ -108,6 +119,7 @@ def conn(sql_engine: Engine) -> Iterator[Connection]:
 
 def search(conn: Connection, table: str, query: Any, k: int, **named: Any) -> list[Any]:
     extra = "".join(f", {name} => :{name}" for name in named)
+    extra = extra.replace(":filter", "CAST(:filter AS jsonb)")
     sql = f"SELECT pk, distance FROM mrl_search(:tbl, CAST(:q AS vector), :k{extra})"
     params = {"tbl": table, "q": str(np.asarray(query).tolist()), "k": k, **named}
     return list(conn.execute(text(sql), params).all())
@@ -180,6 +192,49 @@ def test_settings_are_restored_after_the_call(conn: Connection) -> None:
     search(conn, "plain", QUERY_VECTORS[0], 10, candidates=2000, prefix_column="p_cosine")
     assert conn.execute(text("SHOW hnsw.ef_search")).scalar_one() == "77"
     assert conn.execute(text("SHOW hnsw.iterative_scan")).scalar_one() == "strict_order"
+
+
+def test_filter_keeps_k_rows_of_its_group_with_recall(conn: Connection) -> None:
+    group = 7
+    keep = np.flatnonzero(np.arange(ROWS) % GROUPS == group)
+    truth = keep[exact_neighbors(VECTORS[keep], QUERY_VECTORS, 10)]
+    found = []
+    for query in QUERY_VECTORS:
+        rows = search(conn, "plain", query, 10, prefix_column="p_cosine",
+                      filter=json.dumps({"grp": group}))
+        assert len(rows) == 10
+        found.append([row.pk["id"] for row in rows])
+    assert all(row_id % GROUPS == group for ids in found for row_id in ids)
+    assert recall(found, truth) >= 0.9
+
+
+def test_filter_with_a_list_and_a_null(conn: Connection) -> None:
+    rows = search(conn, "plain", QUERY_VECTORS[0], 10, prefix_column="p_l2",
+                  filter=json.dumps({"id": [3, 5, 8, 13], "note": None}))
+    assert sorted(row.pk["id"] for row in rows) == [5, 8, 13]  # 3 has a note
+
+
+def test_filter_names_and_values_never_become_sql(conn: Connection) -> None:
+    quoted = '"' + HOSTILE_TABLE.replace('"', '""') + '"'
+    rows = search(conn, quoted, QUERY_VECTORS[0], 5, filter=json.dumps({"Tenant": "a'b"}))
+    assert len(rows) == 5
+    assert search(conn, quoted, QUERY_VECTORS[0], 5,
+                  filter=json.dumps({"Tenant": "x' OR true --"})) == []
+
+
+@pytest.mark.parametrize(
+    ("filter_", "message"),
+    [
+        ({"nope": 1}, 'filter names nope, which is not a column of plain'),
+        ({"grp; DROP TABLE plain": 1}, "which is not a column of plain"),
+        ([1, 2], "filter must be a jsonb object"),
+        ({"grp": "seven"}, "invalid input syntax for type integer"),
+    ],
+)
+def test_bad_filters_fail_clearly(conn: Connection, filter_: Any, message: str) -> None:
+    with pytest.raises(DBAPIError, match=message):
+        search(conn, "plain", QUERY_VECTORS[0], 10, prefix_column="p_l2",
+               filter=json.dumps(filter_))
 
 
 INDEX_ONLY_QUOTED = '"' + INDEX_ONLY_TABLE.replace('"', '""') + '"'

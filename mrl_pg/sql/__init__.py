@@ -3,8 +3,10 @@
 ``mrl_pg--<version>.sql`` in this package is the one copy of the script (the repository's
 top-level ``sql/`` links to it, for ``psql -f``). It creates ``mrl_search(tbl regclass, query
 vector, k integer, candidates integer DEFAULT NULL, prefix_column name DEFAULT NULL,
-full_distance text DEFAULT NULL)``, returning ``(pk jsonb, distance double precision)`` rows:
-each row's primary key as a jsonb object and its exact full-vector distance, nearest first.
+full_distance text DEFAULT NULL, filter jsonb DEFAULT NULL)``, returning ``(pk jsonb,
+distance double precision)`` rows: each row's primary key as a jsonb object and its exact
+full-vector distance, nearest first; ``filter`` keeps the rows whose columns equal the values
+of a jsonb object.
 """
 
 from __future__ import annotations

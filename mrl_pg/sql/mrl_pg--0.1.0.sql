@@ -11,8 +11,20 @@
 -- computed as the column is (the first dimensions, normalized or binary-quantized, cast to
 -- the column's type), the index's operator class gives the first-stage operator, and the full
 -- vectors rerank the candidates.
--- hnsw.ef_search and hnsw.iterative_scan are set for the call only (SET clauses below, then
--- set_config local): the caller's values are back when it returns.
+-- hnsw.ef_search, hnsw.iterative_scan and hnsw.max_scan_tuples are set for the call only
+-- (SET clauses below, then set_config local): the caller's values are back when it returns.
+--
+-- filter keeps the rows whose columns equal the values of a jsonb object:
+--   filter => '{"tenant": 7}'             tenant = 7
+--   filter => '{"lang": ["en", "fr"]}'    lang = ANY ('{en,fr}')
+--   filter => '{"deleted_at": null}'      deleted_at IS NULL
+-- Each key must be a column of the table; each value is read as that column's type. The
+-- statement names the columns as identifiers and takes the values from the bound jsonb, so no
+-- text of the filter becomes SQL. A filtered search gets more candidates and an iterative
+-- index scan, as the Python library gives it (docs/filters.md).
+
+-- The signature before filter was added: a second function would make calls ambiguous.
+DROP FUNCTION IF EXISTS mrl_search(regclass, vector, integer, integer, name, text);
 
 CREATE OR REPLACE FUNCTION mrl_search(
     tbl regclass,
@@ -20,11 +32,13 @@ CREATE OR REPLACE FUNCTION mrl_search(
     k integer,
     candidates integer DEFAULT NULL,
     prefix_column name DEFAULT NULL,
-    full_distance text DEFAULT NULL
+    full_distance text DEFAULT NULL,
+    filter jsonb DEFAULT NULL
 ) RETURNS TABLE (pk jsonb, distance double precision)
 LANGUAGE plpgsql
 SET hnsw.ef_search = 40
 SET hnsw.iterative_scan = off
+SET hnsw.max_scan_tuples = 20000
 AS $mrl_search$
 DECLARE
     candidate record;
@@ -39,6 +53,9 @@ DECLARE
     ef integer;
     query_prefix text;
     search_sql text;
+    filter_key text;
+    filter_column record;
+    where_sql text := '';
 BEGIN
     IF tbl IS NULL OR query IS NULL OR k IS NULL THEN
         RAISE EXCEPTION 'mrl_search: tbl, query and k must not be NULL'
@@ -262,8 +279,37 @@ BEGIN
                   HINT = 'Results name rows by primary key; add one.';
     END IF;
 
+    -- The filter: one condition per key, on a column of the table, its value taken from the
+    -- bound jsonb ($4) and read as the column's type.
+    IF filter IS NOT NULL AND jsonb_typeof(filter) <> 'object' THEN
+        RAISE EXCEPTION 'mrl_search: filter must be a jsonb object of column: value, got %',
+                filter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR filter_key IN SELECT jsonb_object_keys(coalesce(filter, '{}')) LOOP
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type INTO filter_column
+        FROM pg_attribute a
+        WHERE a.attrelid = tbl AND a.attname = filter_key AND a.attnum > 0
+          AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'mrl_search: filter names %, which is not a column of %',
+                    quote_ident(filter_key), tbl
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        where_sql := where_sql || CASE jsonb_typeof(filter -> filter_key)
+            WHEN 'null' THEN format(' AND t.%I IS NULL', filter_column.attname)
+            WHEN 'array' THEN format(
+                ' AND t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($4 -> %L))::%s[])',
+                filter_column.attname, filter_key, filter_column.type)
+            ELSE format(' AND t.%I = ($4 ->> %L)::%s',
+                filter_column.attname, filter_key, filter_column.type)
+        END;
+    END LOOP;
+
     -- Candidates and hnsw.ef_search, by the same rules as the Python library.
-    IF candidates IS NULL THEN
+    IF candidates IS NULL AND where_sql <> '' THEN
+        pool := CASE WHEN chosen.is_bit THEN greatest(k * 10, 200) ELSE greatest(k * 10, 100) END;
+    ELSIF candidates IS NULL THEN
         pool := CASE WHEN chosen.is_bit THEN greatest(k * 10, 200) ELSE greatest(k * 4, 40) END;
     ELSIF candidates < k THEN
         RAISE EXCEPTION 'mrl_search: candidates (%) must be at least k (%)', candidates, k
@@ -274,8 +320,11 @@ BEGIN
     ef := least(greatest(pool, 40), 1000);
     -- Local to this call: the SET clauses above restore the caller's values on exit.
     PERFORM set_config('hnsw.ef_search', ef::text, true);
-    IF pool > ef THEN
+    IF pool > ef OR where_sql <> '' THEN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    IF where_sql <> '' THEN
+        PERFORM set_config('hnsw.max_scan_tuples', '100000', true);
     END IF;
 
     -- The query's prefix, computed as the column's values are.
@@ -289,17 +338,17 @@ BEGIN
 
     search_sql := format(
         'SELECT jsonb_build_object(%s), c.mrl_full OPERATOR(%I.%s) $1::%s AS mrl_distance '
-        'FROM (SELECT %s, t.%I AS mrl_full FROM %s AS t '
+        'FROM (SELECT %s, t.%I AS mrl_full FROM %s AS t WHERE true%s '
         'ORDER BY %s OPERATOR(%I.%s) (SELECT (%s)::%s) '
         'LIMIT $2) AS c ORDER BY mrl_distance LIMIT $3',
         pk_json, full_op.nspname, full_op.oprname, chosen.full_type,
-        pk_select, chosen.full_name, tbl,
+        pk_select, chosen.full_name, tbl, where_sql,
         chosen.prefix_sql, chosen.index_op_schema, chosen.index_op, query_prefix,
         chosen.prefix_type);
-    RETURN QUERY EXECUTE search_sql USING query, pool, k;
+    RETURN QUERY EXECUTE search_sql USING query, pool, k, filter;
 END
 $mrl_search$;
 
-COMMENT ON FUNCTION mrl_search(regclass, vector, integer, integer, name, text) IS
+COMMENT ON FUNCTION mrl_search(regclass, vector, integer, integer, name, text, jsonb) IS
     'mrl_pg 0.1.0: nearest k rows of a table by two-stage Matryoshka search; returns each '
     'row''s primary key as jsonb and its exact full-vector distance, nearest first.';
