@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dims", type=int, default=1536)
-    parser.add_argument("--bits", type=int, default=1024)
+    parser.add_argument("--bits", type=int, default=256)
     parser.add_argument("--prefix", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
