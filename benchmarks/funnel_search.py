@@ -1,7 +1,7 @@
 """A funnel (a ``bit`` prefix, then a ``halfvec`` one, then the full vectors) against each
 prefix alone, on the same table: q/s and recall.
 
-    python benchmarks/funnel_search.py [--rows 100000] [--dims 1536] [--bits 1024]
+    python benchmarks/funnel_search.py [--rows 100000] [--dims 1536] [--bits 256]
         [--prefix 256] [--queries 200] [--repeats 5]
 
 Loads MRL-like vectors (``mrl_pg.synthetic``) into a table of a schema of its own (dropped
