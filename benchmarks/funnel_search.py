@@ -25,31 +25,15 @@ import statistics
 import time
 from typing import Any
 
-import numpy as np
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, select, text
+from search_timing import WARMUP, run_queries
+from sqlalchemy import BigInteger, Column, MetaData, Table, text
 
-from mrl_pg import add_prefix_column, mrl_search
+from mrl_pg import add_prefix_column
 from mrl_pg.load import copy_vectors
 from mrl_pg.sqltext import TableRef
 from mrl_pg.tools.server import database_url, scratch_schema
 from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
-
-WARMUP = 50
-
-
-def run_queries(
-    engine: Engine, table: Table, queries: np.ndarray, options: dict[str, Any]
-) -> tuple[float, list[list[int]]]:
-    """Seconds for every query, and the ids each returned."""
-    found: list[list[int]] = []
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        started = time.perf_counter()
-        for query in queries:
-            rows = conn.execute(mrl_search(select(table.c.id), query, k=10, **options)).all()
-            found.append([row.id for row in rows])
-        elapsed = time.perf_counter() - started
-    return elapsed, found
 
 
 def main() -> None:

@@ -23,15 +23,14 @@ import time
 
 import numpy as np
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, select, text
+from search_timing import WARMUP, run_queries
+from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, text
 
-from mrl_pg import add_prefix_column, mrl_search
+from mrl_pg import add_prefix_column
 from mrl_pg.load import copy_vectors
 from mrl_pg.sqltext import TableRef
 from mrl_pg.tools.server import database_url, scratch_schema
 from mrl_pg.tools.synthetic import exact_neighbors, mrl_like_vectors, queries_near, recall_at_k
-
-WARMUP = 50
 
 
 def make_table(metadata: MetaData, name: str, dims: int, prefix: int, stored: bool) -> Table:
@@ -79,22 +78,6 @@ def sizes(engine: Engine, table: Table) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def run_queries(
-    engine: Engine, table: Table, queries: np.ndarray, candidates: int
-) -> tuple[float, list[list[int]]]:
-    """Seconds for every query, and the ids each returned."""
-    found: list[list[int]] = []
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        started = time.perf_counter()
-        for query in queries:
-            rows = conn.execute(
-                mrl_search(select(table.c.id), query, k=10, candidates=candidates)
-            ).all()
-            found.append([row.id for row in rows])
-        elapsed = time.perf_counter() - started
-    return elapsed, found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -121,13 +104,14 @@ def main() -> None:
     )
     with scratch_schema(database_url(), "ionly", options=options) as engine:
         builds = {kind: load(engine, table, vectors) for kind, table in tables.items()}
+        search_options = {"candidates": args.candidates}
         for table in tables.values():
-            run_queries(engine, table, queries[:WARMUP], args.candidates)  # warm caches
+            run_queries(engine, table, queries[:WARMUP], search_options)  # warm caches
         times: dict[str, list[float]] = {kind: [] for kind in tables}
         recalls: dict[str, float] = {}
         for _ in range(args.repeats):
             for kind, table in tables.items():
-                elapsed, found = run_queries(engine, table, queries, args.candidates)
+                elapsed, found = run_queries(engine, table, queries, search_options)
                 times[kind].append(elapsed)
                 recalls[kind] = recall_at_k(found, truth)
         qps: dict[str, float] = {}
