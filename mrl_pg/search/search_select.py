@@ -23,13 +23,14 @@ outer statement a search too::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql.cache_key import CacheKey
 
 from mrl_pg.search.citus import DistributedForm, execute_distributed, runs_on_citus
+from mrl_pg.search.direct import DirectRun
 from mrl_pg.search.hnsw_settings import (
     Settings,
     in_transaction_block,
@@ -95,6 +96,14 @@ class SearchSelect(Select[Any]):
         self.__dict__["_generate_cache_key"] = lambda: key
         self._memoized_keys |= {"_generate_cache_key"}
 
+    def run_directly_from(self, run: DirectRun) -> None:
+        """Let this statement be sent straight to the driver where nothing else would happen
+        around it (see :mod:`mrl_pg.search.direct`). Kept where SQLAlchemy memoizes, like
+        :meth:`share_cache_key`, so that any copy of the statement, which may differ from
+        the template, goes through SQLAlchemy."""
+        self.__dict__[_DIRECT_RUN] = run
+        self._memoized_keys |= {_DIRECT_RUN}
+
     def _execute_on_connection(
         self, connection: Connection, distilled_params: Any, execution_options: Any
     ) -> CursorResult[Any]:
@@ -109,10 +118,18 @@ class SearchSelect(Select[Any]):
             return execute_distributed(
                 self, connection, distilled_params, execution_options, streams
             )
-        params = with_parameters(
-            distilled_params, parameters_for(connection, self.search_settings)
-        )
-        result = super()._execute_on_connection(connection, params, execution_options)
+        replaced = parameters_for(connection, self.search_settings)
+        direct: DirectRun | None = self.__dict__.get(_DIRECT_RUN)
+        result: Any = None
+        if direct is not None and not replaced:
+            result = direct.execute(
+                connection,
+                (self._execution_options, connection._execution_options, execution_options),
+                distilled_params,
+            )
+        if result is None:
+            params = with_parameters(distilled_params, replaced)
+            result = super()._execute_on_connection(connection, params, execution_options)
         if in_transaction_block(connection) and not _streams(
             self.get_execution_options(), connection.get_execution_options(), execution_options
         ):
@@ -121,7 +138,10 @@ class SearchSelect(Select[Any]):
             observer = SEARCH_OBSERVERS.get(connection.dialect)
             if observer is not None:
                 observer(self, connection, distilled_params, execution_options)
-        return result
+        return cast(CursorResult[Any], result)
+
+
+_DIRECT_RUN = "_mrl_pg_direct_run"
 
 
 def _streams(*option_sets: Any) -> bool:

@@ -69,6 +69,7 @@ from mrl_pg.search.defaults import (
     check_positive_int,
     statement_settings,
 )
+from mrl_pg.search.direct import DirectForms, DirectRun
 from mrl_pg.search.hnsw_settings import Settings, settings_subquery
 from mrl_pg.search.query_vector import QueryLike, QueryVectorType, as_query_array
 from mrl_pg.search.search_select import SearchSelect
@@ -232,7 +233,8 @@ def mrl_search(
         base = _base_select(target)
         plan = plan_search(base, None, options)
         statement = with_distributed_form(plan.select(), base, None, options)
-        template = _Template(statement, plan.full, binds, statement._generate_cache_key())
+        direct = DirectForms(statement) if plan.names_unique else None
+        template = _Template(statement, plan.full, binds, statement._generate_cache_key(), direct)
         if plan.names_unique:
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
                 _TEMPLATES.clear()
@@ -247,6 +249,8 @@ def mrl_search(
         search.bound_values = values
     if template.cache_key is not None:
         search.share_cache_key(template.cache_key)
+    if template.direct is not None:
+        search.run_directly_from(DirectRun(template.direct, values))
     search.search_request = SearchRequest(target, options, vector, own)
     return search
 
@@ -281,12 +285,15 @@ class _Template:
     ``select()`` target the select's own bound parameters in the order its cache key lists
     them (a later select of the same shape lists its values in the same order), and the
     statement's SQLAlchemy cache key, which every search made from it shares (see
-    :meth:`~mrl_pg.search.search_select.SearchSelect.share_cache_key`)."""
+    :meth:`~mrl_pg.search.search_select.SearchSelect.share_cache_key`), and for a kept
+    template its compiled forms, which let a search skip SQLAlchemy's execution where nothing
+    else would happen around it (see :mod:`mrl_pg.search.direct`)."""
 
     statement: SearchSelect
     full: FullVector
     binds: tuple[BindParameter[Any], ...]
     cache_key: CacheKey | None
+    direct: DirectForms | None
 
 
 #: Templates by prefix generation, target (a model or ``Table`` itself, or a ``select()``'s
