@@ -21,7 +21,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix, mrl_search
@@ -212,13 +212,9 @@ def test_changed_copies_options_and_parameters_run_through_sqlalchemy(
         assert isinstance(counting.execute(search), CursorResult)
 
 
-def test_searches_in_a_transaction_and_orm_sessions_run_through_sqlalchemy(
-    database: Database,
-) -> None:
+def test_orm_sessions_run_searches_through_sqlalchemy(database: Database) -> None:
     engine = database.engine(isolation_level="READ COMMITTED")
     try:
-        with engine.connect() as conn:
-            assert isinstance(conn.execute(mrl_search(TABLE, QUERIES[0], 2)), CursorResult)
         with Session(engine) as session:
             docs = session.scalars(Doc.mrl_search(QUERIES[0], 2)).all()
             assert all(isinstance(doc, Doc) for doc in docs)
@@ -273,3 +269,32 @@ def test_the_connection_facts_the_check_reads_are_still_there(autocommit: Engine
         assert hasattr(conn.engine, "_has_events") and hasattr(conn.dialect, "_has_events")
     compiled: Any = mrl_search(TABLE, QUERIES[0], 2).compile(dialect=autocommit.dialect)
     assert hasattr(compiled, "_bind_processors") and hasattr(compiled, "_result_columns")
+
+
+def test_searches_in_a_transaction_run_directly_and_put_settings_back(
+    database: Database,
+) -> None:
+    engine = database.engine(isolation_level="READ COMMITTED")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT '[1]'::vector"))
+            conn.execute(text("SET hnsw.ef_search = 33"))
+            result = conn.execute(mrl_search(TABLE, QUERIES[0], 100, candidates=200))
+            assert isinstance(result, SearchRows)
+            assert len(result.all()) == 100
+            again = conn.execute(mrl_search(TABLE, QUERIES[1], 100, candidates=200))
+            assert isinstance(again, SearchRows)  # mrl_pg's own listeners are no obstacle
+            assert conn.scalar(text("SELECT current_setting('hnsw.ef_search')")) == "33"
+            conn.commit()
+            assert not conn.in_transaction()
+    finally:
+        engine.dispose()
+
+
+def test_a_search_where_sqlalchemy_refuses_statements_gets_its_error(
+    autocommit: Engine,
+) -> None:
+    with autocommit.begin() as conn:
+        conn.commit()
+        with pytest.raises(InvalidRequestError, match="closed transaction"):
+            conn.execute(mrl_search(TABLE, QUERIES[0], 2))

@@ -14,10 +14,10 @@ and the rows come back as a SQLAlchemy :class:`~sqlalchemy.engine.Result`
 
 It is taken only when all of these hold, and the search runs through SQLAlchemy otherwise:
 
-- the driver is psycopg (sync), the connection is in autocommit mode (a search in a
-  transaction arranges for its settings to be put back, through SQLAlchemy's events);
-- nothing listens to the engine's, connection's or dialect's events, and statement logging
-  (``echo``) is off, so no instrumentation, logging or other listener misses the statement;
+- the driver is psycopg (sync);
+- nothing listens to the engine's, connection's or dialect's events but mrl_pg's own (which
+  put settings back after a search in a transaction, and ignore searches), and statement
+  logging (``echo``) is off, so no instrumentation, logging or other listener misses it;
 - the statement is the one ``mrl_search`` returned, not a copy changed by ``.where()``,
   ``.params()``, ``.execution_options()`` and the like; it is a Core statement (an ORM
   ``Session`` runs its own loading); it is executed without parameters of the call and
@@ -39,16 +39,17 @@ from sqlalchemy.engine import Connection, Dialect, IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.sql import Select
 
+from mrl_pg.search.hnsw_settings import only_mrl_pg_listens
+
 #: Execution options that change nothing about how a search statement runs: the connection's
-#: isolation level and read-only flags (applied when set, not per statement), log tokens,
-#: the statement cache, and mrl_pg's own recall-monitor segment.
+#: isolation level and read-only flags (applied when set, not per statement), log tokens, and
+#: mrl_pg's own recall-monitor segment.
 HARMLESS_OPTIONS = frozenset(
     {
         "isolation_level",
         "postgresql_readonly",
         "postgresql_deferrable",
         "logging_token",
-        "compiled_cache",
         "mrl_pg_segment",
     }
 )
@@ -169,16 +170,19 @@ class DirectRun:
 def _may_run_directly(connection: Connection, options: Sequence[Mapping[str, Any]]) -> bool:
     if connection.dialect.driver != "psycopg" or connection.dialect.is_async:
         return False
-    if connection._has_events or connection.engine._has_events:
-        return False
-    if connection.dialect._has_events or connection._echo:
+    if connection._has_events or connection.dialect._has_events or connection._echo:
+        return False  # listeners on this connection object, or on the dialect; logging
+    if connection.engine._has_events and not only_mrl_pg_listens(connection.engine):
         return False
     if any(not HARMLESS_OPTIONS.issuperset(option_set) for option_set in options):
         return False
+    # Where SQLAlchemy would refuse to run a statement, it runs it, to raise its own error:
+    # a transaction that failed, or one that ended inside its own ``with`` block.
     transaction = connection.get_transaction()
-    if transaction is not None and not transaction.is_active:
-        return False  # SQLAlchemy raises its own error for this
-    return bool(getattr(connection.connection.dbapi_connection, "autocommit", False))
+    nested = connection.get_nested_transaction()
+    if transaction is None:
+        return not connection._trans_context_manager
+    return transaction.is_active and (nested is None or nested.is_active)
 
 
 def _result_processors(
