@@ -18,14 +18,19 @@ with the same settings (``search_path`` only):
 - ``sqlalchemy_text``: ``hand_inline``'s SQL as a ``text()`` on a SQLAlchemy Core connection
   in autocommit mode (its own), the least SQLAlchemy adds to any statement it runs;
 - ``core_autocommit``: ``conn.execute(mrl_search(select(t.c.id), q, ...)).all()`` on a
-  SQLAlchemy Core connection in autocommit mode;
+  SQLAlchemy Core connection in autocommit mode (which runs it directly on the psycopg
+  cursor, see ``mrl_pg/search/direct.py``);
+- ``core_listened``: the same on an engine with one (empty) ``before_cursor_execute``
+  listener, as an instrumented engine has: the search then runs through SQLAlchemy's own
+  execution;
 - ``core_commit``: the same on a connection in a transaction, ``conn.commit()`` per query;
 - ``orm_session``: ``session.execute(Item.mrl_search(q, ...)).all()`` in a ``Session`` per
   query, committed.
 
 Each repeat runs ``--queries`` searches per method, the methods interleaved (repeat 1: every
 method, repeat 2: every method, ...) so that noise from other work on the machine hits them
-alike; the median of the repeats is reported, with its ratio to ``hand_inline``. Server times
+alike; the median of the repeats is reported, with its ratio to ``hand_inline``, and the client
+process's CPU time per search (which load from other work disturbs less). Server times
 come from ``EXPLAIN (ANALYZE)`` on a sample of the queries; the Python-side split of
 ``core_autocommit`` (building the statement, executing it, fetching the rows) from
 ``time.perf_counter`` around each part.
@@ -57,7 +62,7 @@ import psycopg
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Engine, MetaData, create_engine, select, text
+from sqlalchemy import BigInteger, Engine, MetaData, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -72,6 +77,7 @@ METHODS = (
     "compiled",
     "sqlalchemy_text",
     "core_autocommit",
+    "core_listened",
     "core_commit",
     "orm_session",
 )
@@ -148,6 +154,11 @@ class Bench:
         )
         self.tx_engine = create_engine(url, connect_args={"options": options})
         self.core_ac = self.ac_engine.connect()
+        self.listened_engine = create_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"options": options}
+        )
+        event.listen(self.listened_engine, "before_cursor_execute", _ignore)
+        self.core_listened_conn = self.listened_engine.connect()
         self.text_ac = self.ac_engine.connect()
         register_vector(self.text_ac.connection.dbapi_connection)
         self.core_tx = self.tx_engine.connect()
@@ -231,6 +242,9 @@ class Bench:
     def core_autocommit(self, query: npt.NDArray[np.float32]) -> list[Any]:
         return list(self.core_ac.execute(self._statement(query)).all())
 
+    def core_listened(self, query: npt.NDArray[np.float32]) -> list[Any]:
+        return list(self.core_listened_conn.execute(self._statement(query)).all())
+
     def core_commit(self, query: npt.NDArray[np.float32]) -> list[Any]:
         rows = list(self.core_tx.execute(self._statement(query)).all())
         self.core_tx.commit()
@@ -243,14 +257,16 @@ class Bench:
 
     # Measurements --------------------------------------------------------------------------
 
-    def run(self, method: str, start: int, count: int) -> float:
-        """Seconds for ``count`` searches by ``method`` from query ``start`` on."""
+    def run(self, method: str, start: int, count: int) -> tuple[float, float]:
+        """Seconds for ``count`` searches by ``method`` from query ``start`` on: elapsed, and
+        this process's CPU time (the client's own work, which other load on the machine
+        disturbs less than it does elapsed time)."""
         search = getattr(self, method)
         n = len(self.queries)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         for i in range(start, start + count):
             search(self.queries[i % n])
-        return time.perf_counter() - began
+        return time.perf_counter() - began, time.process_time() - cpu
 
     def check(self) -> dict[str, list[int]]:
         """The ids every method returns for the first query (they must agree)."""
@@ -322,12 +338,17 @@ class Bench:
         return out.getvalue()
 
     def close(self) -> None:
-        for conn in (self.core_ac, self.text_ac, self.core_tx):
+        for conn in (self.core_ac, self.text_ac, self.core_tx, self.core_listened_conn):
             conn.close()
         for raw in (self.raw_ac, self.raw_tx):
             raw.close()
         self.ac_engine.dispose()
         self.tx_engine.dispose()
+        self.listened_engine.dispose()
+
+
+def _ignore(*args: Any) -> None:
+    """A listener that does nothing: its presence alone changes how searches run."""
 
 
 def serve(url: str, schema: str, config: dict[str, Any]) -> None:
@@ -418,11 +439,15 @@ def run_sides(sides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     times: dict[str, dict[str, list[float]]] = {
         label: {m: [] for m in METHODS} for label in sides
     }
+    cpu: dict[str, dict[str, list[float]]] = {label: {m: [] for m in METHODS} for label in sides}
     for repeat in range(args.repeats):
         for method in METHODS:
             for label, side in sides.items():
-                seconds = side.run(method=method, start=repeat * args.queries, count=args.queries)
+                seconds, cpu_seconds = side.run(
+                    method=method, start=repeat * args.queries, count=args.queries
+                )
                 times[label][method].append(seconds / args.queries * 1e3)
+                cpu[label][method].append(cpu_seconds / args.queries * 1e6)
         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     results: dict[str, Any] = {"config": vars(args), "sides": {}}
     for label, side in sides.items():
@@ -433,6 +458,7 @@ def run_sides(sides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             "repeats_ms": times[label],
             "qps": {m: 1e3 / v for m, v in per_method.items()},
             "ratio_to_hand_inline": {m: base / v for m, v in per_method.items()},
+            "client_cpu_us": {m: statistics.median(v) for m, v in cpu[label].items()},
             "server": side.explain(),
             "core_autocommit_us": side.split(count=args.queries),
         }
@@ -446,11 +472,12 @@ def report(results: dict[str, Any]) -> None:
     for label, side in results["sides"].items():
         print(f"\n{label}: median of {results['config']['repeats']} repeats x "
               f"{results['config']['queries']} queries")
-        print(f"| method | ms/query | q/s | q/s ratio to {BASELINE} |")
-        print("|---|---|---|---|")
+        print(f"| method | ms/query | q/s | q/s ratio to {BASELINE} | client CPU µs/query |")
+        print("|---|---|---|---|---|")
         for method in METHODS:
             print(f"| {method} | {side['ms_per_query'][method]:.3f} | {side['qps'][method]:.0f}"
-                  f" | {side['ratio_to_hand_inline'][method]:.2f} |")
+                  f" | {side['ratio_to_hand_inline'][method]:.2f}"
+                  f" | {side['client_cpu_us'][method]:.0f} |")
         print("server (EXPLAIN ANALYZE, median ms): " + "; ".join(
             f"{m}: plan {v['planning_ms']:.3f} exec {v['execution_ms']:.3f}"
             for m, v in side["server"].items()
