@@ -19,9 +19,9 @@ It is taken only when all of these hold, and the search runs through SQLAlchemy 
   put settings back after a search in a transaction, and ignore searches), and statement
   logging (``echo``) is off, so no instrumentation, logging or other listener misses it;
 - the statement is the one ``mrl_search`` returned, not a copy changed by ``.where()``,
-  ``.params()``, ``.execution_options()`` and the like; it is a Core statement (an ORM
-  ``Session`` runs its own loading); it is executed without parameters of the call and
-  without execution options other than those in :data:`HARMLESS_OPTIONS`.
+  ``.params()``, ``.execution_options()`` and the like, executed without parameters of the
+  call and without execution options other than those in :data:`HARMLESS_OPTIONS` (so an
+  ORM ``Session``, whose options ask for ORM loading, runs it through SQLAlchemy).
 
 What SQLAlchemy does for every statement is still done: the connection is checked out and
 revalidated as usual, a transaction is begun (autobegin) if none is, and a driver error is
@@ -155,7 +155,7 @@ class DirectRun:
                 rows = cursor.fetchall()
                 result = cursor.pgresult
                 type_codes = tuple(result.ftype(i) for i in range(result.nfields))
-        except Exception as error:
+        except BaseException as error:  # as SQLAlchemy: an interrupt invalidates too
             connection._handle_dbapi_exception(error, compiled.sql, params, None, None)
             raise  # not reached: SQLAlchemy raises its own wrapper
         processors = _result_processors(compiled, connection.dialect, type_codes)
