@@ -3,6 +3,7 @@ execution returns, and is sent that way only where nothing else would happen aro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +19,12 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    make_url,
     select,
     text,
 )
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mrl_pg import MRLSearchMixin, mrl_prefix, mrl_search
@@ -298,3 +301,29 @@ def test_a_search_where_sqlalchemy_refuses_statements_gets_its_error(
         conn.commit()
         with pytest.raises(InvalidRequestError, match="closed transaction"):
             conn.execute(mrl_search(TABLE, QUERIES[0], 2))
+
+
+def test_async_psycopg_searches_run_directly(database: Database) -> None:
+    url = make_url(database.url).set(drivername="postgresql+psycopg")
+
+    async def main() -> tuple[list[Any], list[Any], type, type]:
+        engine = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"options": database.options}
+        )
+        reference = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"options": database.options}
+        )
+        event.listen(reference.sync_engine, "before_cursor_execute", lambda *args: None)
+        try:
+            async with engine.connect() as fast, reference.connect() as usual:
+                direct = await fast.execute(mrl_search(select(TABLE.c.id), QUERIES[0], 6))
+                through = await usual.execute(mrl_search(select(TABLE.c.id), QUERIES[0], 6))
+                return direct.all(), through.all(), type(direct), type(through)
+        finally:
+            await engine.dispose()
+            await reference.dispose()
+
+    direct, through, direct_type, through_type = asyncio.run(main())
+    assert issubclass(direct_type, SearchRows)
+    assert issubclass(through_type, CursorResult)
+    assert direct == through and len(direct) == 6

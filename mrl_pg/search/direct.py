@@ -14,7 +14,7 @@ and the rows come back as a SQLAlchemy :class:`~sqlalchemy.engine.Result`
 
 It is taken only when all of these hold, and the search runs through SQLAlchemy otherwise:
 
-- the driver is psycopg (sync);
+- the driver is psycopg (sync, or async through SQLAlchemy's asyncio extension);
 - nothing listens to the engine's, connection's or dialect's events but mrl_pg's own (which
   put settings back after a search in a transaction, and ignore searches), and statement
   logging (``echo``) is off, so no instrumentation, logging or other listener misses it;
@@ -148,13 +148,17 @@ class DirectRun:
         params = compiled.compiled.construct_params(self.values)
         for name, process in compiled.bind_processors.items():
             params[name] = process(params[name])
+        # psycopg's connection, or with asyncio SQLAlchemy's adaptation of it, whose cursor
+        # offers the same calls and awaits the driver's.
         dbapi: Any = connection.connection.dbapi_connection
         try:
-            with dbapi.cursor() as cursor:
+            cursor = dbapi.cursor()
+            try:
                 cursor.execute(compiled.sql, params)
                 rows = cursor.fetchall()
-                result = cursor.pgresult
-                type_codes = tuple(result.ftype(i) for i in range(result.nfields))
+                type_codes = _type_codes(cursor)
+            finally:
+                cursor.close()
         except BaseException as error:  # as SQLAlchemy: an interrupt invalidates too
             connection._handle_dbapi_exception(error, compiled.sql, params, None, None)
             raise  # not reached: SQLAlchemy raises its own wrapper
@@ -167,8 +171,17 @@ class DirectRun:
         return SearchRows(compiled.metadata, rows)
 
 
+def _type_codes(cursor: Any) -> tuple[int, ...]:
+    """The type OIDs of the result's columns; read from psycopg's result where there is one,
+    which is cheaper than building ``cursor.description``."""
+    result = getattr(cursor, "pgresult", None)
+    if result is not None:
+        return tuple(result.ftype(i) for i in range(result.nfields))
+    return tuple(column[1] for column in cursor.description)
+
+
 def _may_run_directly(connection: Connection, options: Sequence[Mapping[str, Any]]) -> bool:
-    if connection.dialect.driver != "psycopg" or connection.dialect.is_async:
+    if connection.dialect.driver != "psycopg":
         return False
     if connection._has_events or connection.dialect._has_events or connection._echo:
         return False  # listeners on this connection object, or on the dialect; logging
