@@ -327,3 +327,18 @@ def test_async_psycopg_searches_run_directly(database: Database) -> None:
     assert issubclass(direct_type, SearchRows)
     assert issubclass(through_type, CursorResult)
     assert direct == through and len(direct) == 6
+
+
+def test_listeners_to_other_events_leave_searches_direct(database: Database) -> None:
+    engine = database.engine()
+    connected: list[Any] = []
+    event.listen(engine, "engine_connect", connected.append)
+    event.listen(engine, "do_connect", lambda *args: None)
+    try:
+        with engine.connect() as conn:
+            assert isinstance(conn.execute(mrl_search(TABLE, QUERIES[0], 2)), SearchRows)
+            event.listen(conn, "after_execute", lambda *args: None)
+            assert isinstance(conn.execute(mrl_search(TABLE, QUERIES[0], 2)), CursorResult)
+        assert connected
+    finally:
+        engine.dispose()

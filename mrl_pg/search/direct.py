@@ -15,9 +15,12 @@ and the rows come back as a SQLAlchemy :class:`~sqlalchemy.engine.Result`
 It is taken only when all of these hold, and the search runs through SQLAlchemy otherwise:
 
 - the driver is psycopg (sync, or async through SQLAlchemy's asyncio extension);
-- nothing listens to the engine's, connection's or dialect's events but mrl_pg's own (which
-  put settings back after a search in a transaction, and ignore searches), and statement
-  logging (``echo``) is off, so no instrumentation, logging or other listener misses it;
+- nothing but mrl_pg itself (which puts settings back after a search in a transaction, and
+  ignores searches) listens to the events that see a statement run (``before_execute``,
+  ``after_execute``, ``before_cursor_execute``, ``after_cursor_execute``, and the dialect's
+  ``do_execute`` family), and statement logging (``echo``) is off, so no instrumentation,
+  logging or other listener misses it; listeners to other events (``connect``,
+  ``engine_connect``, ``begin``, ``commit``, ``handle_error``, ...) fire as they always do;
 - the statement is the one ``mrl_search`` returned, not a copy changed by ``.where()``,
   ``.params()``, ``.execution_options()`` and the like, executed without parameters of the
   call and without execution options other than those in :data:`HARMLESS_OPTIONS` (so an
@@ -39,7 +42,7 @@ from sqlalchemy.engine import Connection, Dialect, IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.sql import Select
 
-from mrl_pg.search.hnsw_settings import only_mrl_pg_listens
+from mrl_pg.search.hnsw_settings import own_statement_listeners
 
 #: Execution options that change nothing about how a search statement runs: the connection's
 #: isolation level and read-only flags (applied when set, not per statement), log tokens, and
@@ -171,6 +174,32 @@ class DirectRun:
         return SearchRows(compiled.metadata, rows)
 
 
+#: The events that see a statement run: SQLAlchemy's around it, and the dialect's that may
+#: take over its driver call. Other events (connect, begin, commit, errors, ...) fire alike
+#: on both paths.
+_STATEMENT_EVENTS = (
+    "before_execute",
+    "after_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+)
+_DRIVER_EVENTS = ("do_execute", "do_execute_no_params", "do_executemany", "do_setinputsizes")
+
+
+def _others_listen(connection: Connection) -> bool:
+    """Whether a listener other than mrl_pg's own would see the statement: on the connection,
+    its engine, or their classes, or on the dialect."""
+    if connection._has_events or connection.engine._has_events:
+        dispatch: Any = connection.dispatch
+        listeners = sum(len(getattr(dispatch, name)) for name in _STATEMENT_EVENTS)
+        if listeners != own_statement_listeners(connection.engine):
+            return True
+    dialect: Any = connection.dialect
+    return bool(dialect._has_events) and any(
+        len(getattr(dialect.dispatch, name)) for name in _DRIVER_EVENTS
+    )
+
+
 def _type_codes(cursor: Any) -> tuple[int, ...]:
     """The type OIDs of the result's columns; read from psycopg's result where there is one,
     which is cheaper than building ``cursor.description``."""
@@ -183,9 +212,7 @@ def _type_codes(cursor: Any) -> tuple[int, ...]:
 def _may_run_directly(connection: Connection, options: Sequence[Mapping[str, Any]]) -> bool:
     if connection.dialect.driver != "psycopg":
         return False
-    if connection._has_events or connection.dialect._has_events or connection._echo:
-        return False  # listeners on this connection object, or on the dialect; logging
-    if connection.engine._has_events and not only_mrl_pg_listens(connection.engine):
+    if connection._echo or _others_listen(connection):
         return False
     if any(not HARMLESS_OPTIONS.issuperset(option_set) for option_set in options):
         return False

@@ -225,18 +225,10 @@ def restore_before_next_statement(
 
 
 _RESTORING_ENGINES: WeakSet[Engine] = WeakSet()
-#: How many connection-event listeners :func:`restore_before_next_statement` adds to an engine.
-_OWN_LISTENERS = 3
-
-
-def only_mrl_pg_listens(engine: Engine) -> bool:
-    """Whether no connection event of ``engine`` (its own, or its class's) has a listener
-    other than the ones mrl_pg adds to put settings back."""
-    own = _OWN_LISTENERS if engine in _RESTORING_ENGINES else 0
-    return sum(len(getattr(engine.dispatch, name)) for name in _CONNECTION_EVENTS) == own
-
-
-_CONNECTION_EVENTS: tuple[str, ...] = tuple(Engine.dispatch._event_names)
+def own_statement_listeners(engine: Engine) -> int:
+    """How many listeners to statement events mrl_pg has added to ``engine`` (one, to
+    ``before_cursor_execute``, once a search there needed its settings put back)."""
+    return 1 if engine in _RESTORING_ENGINES else 0
 
 
 def is_search(context: ExecutionContext | None) -> bool:
