@@ -13,7 +13,7 @@ from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, bindparam, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
 from sqlalchemy.schema import CreateColumn
-from sqlalchemy.sql.cache_key import HasCacheKey
+from sqlalchemy.sql.cache_key import CacheKey, HasCacheKey
 
 from mrl_pg import PrefixSelectionError, add_prefix_column, mrl_prefix, mrl_search
 from mrl_pg.search import statement
@@ -102,6 +102,8 @@ def test_a_search_carries_the_cache_key_sqlalchemy_would_compute() -> None:
         assert shared is not None and computed is not None
         assert shared.key == computed.key
         assert list(shared.bindparams) == list(computed.bindparams)
+        if "params" not in CacheKey._fields:  # SQLAlchemy 2.0 keys values with the structure
+            continue
         assert shared.params is not None and computed.params is not None
         assert shared.params.keys() == computed.params.keys()
         assert all(shared.params[name] is computed.params[name] for name in computed.params)
