@@ -106,7 +106,7 @@ def test_the_private_sqlalchemy_hooks_are_still_there() -> None:
 def test_generative_methods_keep_the_search_and_its_settings() -> None:
     stmt = Point.mrl_search(QUERY, **WIDE)
     settings = stmt.search_settings
-    assert dict(settings)["hnsw.ef_search"] == "200"
+    assert dict(settings)["hnsw.ef_search"] == "400"
     for derived in (
         stmt.where(Point.id > 3),
         stmt.limit(5),
@@ -332,7 +332,7 @@ def test_settings_outlive_a_streamed_search_until_the_end_of_its_transaction(
         session.commit()
         streamed = Point.mrl_search(QUERY, **WIDE).execution_options(yield_per=7)
         assert len(session.execute(streamed).all()) == 100
-        assert session.execute(EF_SEARCH).scalar_one() == "200"
+        assert session.execute(EF_SEARCH).scalar_one() == "400"
         session.commit()
         assert session.execute(EF_SEARCH).scalar_one() == "33"
         assert len(session.execute(Point.mrl_search(QUERY, **WIDE)).all()) == 100

@@ -67,16 +67,18 @@ def test_funnel_shape() -> None:
     assert "ORDER BY docs.cosine_bit <~> CAST(binary_quantize(" in text
     assert "LIMIT 400) AS mrl_candidates_0 ON true ORDER BY mrl_candidates_0.mrl_stage_1 <=> CAST(" in text
     assert "LIMIT 40) AS mrl_candidates_1 ORDER BY distance LIMIT 10" in text
-    assert dict(stmt.search_settings)["hnsw.ef_search"] == "400"
+    assert dict(stmt.search_settings)["hnsw.ef_search"] == "800"  # twice the first stage's 400
 
 
 @pytest.mark.parametrize(
     ("kwargs", "ef_search", "iterative"),
     [
-        ({}, "40", None),
-        ({"k": 30}, "120", None),
-        ({"candidates": 2500}, "1000", "relaxed_order"),
-        ({"oversample": 10}, "100", None),
+        ({}, "80", None),  # twice the candidates: 40 for k=10
+        ({"k": 30}, "240", None),
+        ({"candidates": 15}, "40", None),  # at least pgvector's default
+        ({"candidates": 700}, "1000", None),  # at most pgvector's limit
+        ({"candidates": 2500}, "1000", "relaxed_order"),  # more candidates than ef_search
+        ({"oversample": 10}, "200", None),
         ({"ef_search": 300, "iterative_scan": "strict_order"}, "300", "strict_order"),
     ],
 )

@@ -31,6 +31,13 @@ FILTERED_SCAN_SETTINGS = (("hnsw.max_scan_tuples", "100000"), ("hnsw.scan_mem_mu
 #: pgvector's bounds for ``hnsw.ef_search``, and its default.
 EF_SEARCH_RANGE = (1, 1000)
 DEFAULT_EF_SEARCH = 40
+#: ``hnsw.ef_search`` per first-stage candidate by default. An HNSW scan at ef_search equal to
+#: the candidate count misses a share of the prefix's own nearest rows; searching wider
+#: recovers most of them for less than the cost of more candidates (docs/benchmarks.md,
+#: "Default ef_search", has the measurements).
+EF_SEARCH_PER_CANDIDATE = 2
+
+
 class IterativeScan(str, Enum):
     """``hnsw.iterative_scan`` modes (pgvector >= 0.8)."""
 
@@ -92,7 +99,7 @@ def statement_settings(
 ) -> Settings:
     low, high = EF_SEARCH_RANGE
     if ef_search is None:
-        ef_search = min(max(first_stage_candidates, DEFAULT_EF_SEARCH), high)
+        ef_search = default_ef_search(first_stage_candidates)
     elif isinstance(ef_search, bool) or not isinstance(ef_search, int) or not (
         low <= ef_search <= high
     ):
@@ -119,6 +126,14 @@ def statement_settings(
     elif filtered and iterative_scan not in (None, IterativeScan.OFF):
         settings.extend(FILTERED_SCAN_SETTINGS)
     return tuple(settings)
+
+
+def default_ef_search(first_stage_candidates: int) -> int:
+    """``hnsw.ef_search`` for a first stage keeping ``first_stage_candidates`` rows:
+    ``EF_SEARCH_PER_CANDIDATE`` per candidate, at least pgvector's default of 40 and at most
+    its limit of 1000 (past which an iterative scan yields the remaining candidates)."""
+    wanted = math.ceil(first_stage_candidates * EF_SEARCH_PER_CANDIDATE)
+    return min(max(wanted, DEFAULT_EF_SEARCH), EF_SEARCH_RANGE[1])
 
 
 def check_positive_int(name: str, value: Any) -> None:

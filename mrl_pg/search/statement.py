@@ -194,8 +194,10 @@ def mrl_search(
       default ``k * oversample``, at least 40 (200 for a ``bit`` prefix); when the select
       filters rows, at least ``k * 10`` and 100 (see docs/filters.md).
     - ``oversample``: candidates per result row when ``candidates`` is not given.
-    - ``ef_search``: ``hnsw.ef_search`` for this statement; by default the candidate count
-      (at least pgvector's 40, at most 1000).
+    - ``ef_search``: ``hnsw.ef_search`` for this statement; by default twice the first
+      stage's candidate count (at least pgvector's 40, at most 1000): an HNSW scan as wide as
+      its ``LIMIT`` misses some of the prefix's own nearest rows (docs/benchmarks.md,
+      "Default ef_search").
     - ``iterative_scan``: ``hnsw.iterative_scan`` for this statement; by default
       ``relaxed_order`` when the select filters rows or needs more than ``ef_search``
       candidates, untouched otherwise.

@@ -317,7 +317,8 @@ BEGIN
     ELSE
         pool := candidates;
     END IF;
-    ef := least(greatest(pool, 40), 1000);
+    -- hnsw.ef_search twice the candidates, within pgvector's default (40) and limit (1000).
+    ef := least(greatest(pool * 2, 40), 1000);
     -- Local to this call: the SET clauses above restore the caller's values on exit.
     PERFORM set_config('hnsw.ef_search', ef::text, true);
     IF pool > ef OR where_sql <> '' THEN
