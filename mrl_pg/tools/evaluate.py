@@ -12,8 +12,15 @@ too), and writes a PNG.
 ``mrl_search(..., candidates=C)`` (or ``oversample=C/k``) when searching.
 
 Its recall is an upper bound: the prefix ranking is exact float32 arithmetic, where the HNSW
-index is approximate and ``halfvec``/``bit`` storage rounds the prefix (``mrl-pg bench``
-measures all three on a scratch copy). Leave a margin, or confirm with ``bench``.
+index is approximate and ``halfvec``/``bit`` storage rounds the prefix. ``--measure`` then
+measures what the search costs: for every prefix size whose exact recall reaches the target,
+in every ``--storage`` (default halfvec), it builds the prefix's HNSW index on a scratch copy
+of the vectors (a schema ``mrl_pg_bench_*`` in the database, dropped at the end), runs
+``mrl_search`` over every query at its smallest reaching candidate counts and several
+``ef_search`` values, and recommends the (prefix, storage, candidates, ef_search) with the
+most queries/s whose measured recall reaches the target. It needs a database (``--dsn``, else
+``MRL_PG_DSN``, else the embedded server) where it may create a schema; without ``--measure``
+nothing is written to any database.
 
 A table is only read, with one ``SELECT``, and every row it sends is held in memory: give
 ``--rows N`` to read a random sample of N rows instead (the same rows for the same ``--seed``;
@@ -34,15 +41,17 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mrl_pg.errors import PrefixConfigError, SearchParameterError
-from mrl_pg.prefix.spec import Distance
+from mrl_pg.prefix.spec import Distance, Storage
 from mrl_pg.tools.measure.arguments import (
     add_source_arguments,
     comma_list,
     dataset_from_args,
     engine_from_args,
 )
+from mrl_pg.tools.measure.errors import SegmentOptionError
 from mrl_pg.tools.measure.inputs import Dataset
 from mrl_pg.tools.measure.prefix_recall import PrefixRecall, prefix_recall
+from mrl_pg.tools.measure.search_cost import Measured, fastest, ladder, measure
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--across-segments", action="store_true",
                       help="with --segment: each query searches every row, not only its own "
                            "segment's (as a search filtered on the column does)")
+    runs.add_argument("--measure", action="store_true",
+                      help="also time mrl_search on a scratch copy (HNSW indexes built in a "
+                           "schema of its own, dropped afterwards) over candidates and "
+                           "ef_search, and recommend the fastest setting reaching the target")
+    runs.add_argument("--storage", type=comma_list(Storage.parse), default=[Storage.HALFVEC],
+                      help="with --measure: prefix storages, vector, halfvec, bit "
+                           "(default halfvec)")
     out = parser.add_argument_group("output")
     out.add_argument("--plot", type=Path, default=Path("mrl-pg-evaluate.png"),
                      help="PNG to write (default mrl-pg-evaluate.png)")
@@ -88,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Compute, print and write everything ``args`` asks for; returns the JSON document."""
     if args.segment is not None:
+        if args.measure:
+            raise SegmentOptionError("--measure does not apply per segment; leave out --segment")
         from mrl_pg.tools.evaluate_segments import evaluate_segments
 
         return evaluate_segments(args)
@@ -103,6 +121,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(_table(figures, args.k))
     print(_recommendation_text(choice, args.target_recall, args.worst))
     document = _document(args, dataset, figures, choice)
+    if args.measure:
+        measured = _measure(args, dataset, figures)
+        fast = fastest(measured, args.target_recall, args.worst)
+        print(_measured_table(measured, args.k))
+        print(_measured_text(fast, measured, args.target_recall, args.worst))
+        document["measured"] = [m.as_json() for m in measured]
+        document["recommended_measured"] = None if fast is None else fast.as_json()
     if args.json is not None:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     from mrl_pg.tools.measure.plot import evaluate_plot
@@ -129,6 +154,21 @@ def recommend(
             if mean >= target and (not worst or low >= target):
                 return Recommendation(figure.dims, count, mean, low)
     return None
+
+
+def _measure(
+    args: argparse.Namespace, dataset: Dataset, figures: Sequence[PrefixRecall]
+) -> list[Measured]:
+    settings = ladder(figures, args.storage, args.target_recall)
+    if not settings:
+        print("nothing to measure: no prefix size reaches the target even ranked exactly")
+        return []
+    print(f"measuring {len(settings)} settings with mrl_search on a scratch copy", flush=True)
+    engine = engine_from_args(args)
+    try:
+        return measure(engine, dataset, settings, args.k, args.distance)
+    finally:
+        engine.dispose()
 
 
 def _load(args: argparse.Namespace, engine: Callable[[], Engine]) -> Dataset:
@@ -186,6 +226,32 @@ def _recommendation_text(choice: Recommendation | None, target: float, worst: bo
     return (f"recommended: prefix {choice.prefix_dims} with {choice.candidates} candidates "
             f"(recall {choice.recall:.3f}, worst 5% of queries {choice.worst_5:.3f}) "
             f"is the smallest reaching {goal}")
+
+
+def _measured_table(measured: Sequence[Measured], k: int) -> str:
+    lines = [f"{'prefix':>6} {'storage':<8} {'cand':>5} {'ef':>5} {f'recall@{k}':>9} "
+             f"{'worst 5%':>9} {'q/s':>8}"]
+    lines.extend(
+        f"{m.prefix_dims:>6} {m.storage:<8} {m.candidates:>5} {m.ef_search:>5} "
+        f"{m.recall:>9.3f} {m.worst_5:>9.3f} {m.qps:>8.1f}"
+        for m in measured
+    )
+    return "\n".join(lines)
+
+
+def _measured_text(
+    choice: Measured | None, measured: Sequence[Measured], target: float, worst: bool
+) -> str:
+    goal = f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
+    if choice is None:
+        return (f"measured: no setting reaches {goal} with its HNSW index"
+                if measured else "measured: nothing")
+    return (f"recommended by measured cost: prefix {choice.prefix_dims} {choice.storage}, "
+            f"candidates {choice.candidates}, ef_search {choice.ef_search} (recall "
+            f"{choice.recall:.3f}, {choice.qps:.0f} q/s) is the fastest measured reaching "
+            f"{goal}: mrl_prefix(embedding, {choice.prefix_dims}, storage=\"{choice.storage}\") "
+            f"and mrl_search(..., candidates={choice.candidates}, "
+            f"ef_search={choice.ef_search})")
 
 
 def _document(
