@@ -73,7 +73,7 @@ def test_ladder_measures_only_what_exact_recall_says_can_reach_the_target() -> N
     ]
     settings = ladder(figures, [Storage.HALFVEC, Storage.BIT], 0.9)
     assert {(s.prefix_dims, s.candidates) for s in settings} == {
-        (64, 40), (64, 80), (128, 10), (128, 20)
+        (64, 40), (64, 80), (128, 10), (128, 20), (128, 40)
     }
     assert {s.storage for s in settings} == {Storage.HALFVEC, Storage.BIT}
     efs = sorted(s.ef_search for s in settings

@@ -33,7 +33,7 @@ from mrl_pg.tools.synthetic import exact_neighbors, recall_at_k
 
 #: Candidate counts measured per prefix size: the smallest this many whose exact recall
 #: reaches the target (larger ones only add rerank work once the prefix ranking is good).
-COUNTS_PER_PREFIX = 2
+COUNTS_PER_PREFIX = 3
 #: Times every setting is run over the queries; its q/s is the median round's.
 ROUNDS = 3
 #: ``hnsw.ef_search`` per candidate count C, as multiples of C (the library's default joins).
