@@ -71,6 +71,13 @@ from mrl_pg.load import copy_vectors
 from mrl_pg.server import database_url, sqlalchemy_url
 from mrl_pg.synthetic import mrl_like_vectors, queries_near
 
+try:
+    from mrl_pg.search.defaults import default_ef_search
+except ImportError:  # a checkout compared with --compare from before the rule was a function
+
+    def default_ef_search(first_stage_candidates: int) -> int:
+        return min(max(first_stage_candidates, 40), 1000)
+
 METHODS = (
     "hand_inline",
     "hand_set_local",
@@ -144,7 +151,7 @@ class Bench:
         self.k: int = config["k"]
         self.candidates: int = config["candidates"]
         self.prefix: int = config["prefix"]
-        self.ef_search = max(self.candidates, 40)
+        self.ef_search = default_ef_search(self.candidates)  # what mrl_search sets
         self.queries = np.load(config["queries"])
         self.item = model(config["dims"], self.prefix)
         self.table = self.item.__table__
