@@ -148,3 +148,20 @@ def test_measure_does_not_apply_per_segment() -> None:
     args = parser.parse_args(["--table", "t", "--segment", "tenant", "--measure"])
     with pytest.raises(SegmentOptionError, match="--measure does not apply per segment"):
         evaluate.evaluate(args)
+
+
+def test_measure_builds_nothing_when_no_prefix_can_reach_the_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vectors_file = tmp_path / "v.npy"
+    np.save(vectors_file, decaying_vectors(600, 32, seed=13))
+    parser = argparse.ArgumentParser()
+    evaluate.configure(parser)
+    document = evaluate.evaluate(parser.parse_args([
+        "--vectors", str(vectors_file), "--query-count", "20", "--prefix", "2",
+        "--candidates", "10", "--target-recall", "1.0", "--measure",
+        # No database is reached: an unreachable DSN would fail if one were.
+        "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--plot", str(tmp_path / "p.png"),
+    ]))
+    assert document["measured"] == [] and document["recommended_measured"] is None
+    assert "nothing to measure" in capsys.readouterr().out

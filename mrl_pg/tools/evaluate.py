@@ -124,8 +124,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.measure:
         measured = _measure(args, dataset, figures)
         fast = fastest(measured, args.target_recall, args.worst)
-        print(_measured_table(measured, args.k))
-        print(_measured_text(fast, measured, args.target_recall, args.worst))
+        if measured:
+            print(_measured_table(measured, args.k))
+            print(_measured_text(fast, args.target_recall, args.worst))
         document["measured"] = [m.as_json() for m in measured]
         document["recommended_measured"] = None if fast is None else fast.as_json()
     if args.json is not None:
@@ -239,13 +240,11 @@ def _measured_table(measured: Sequence[Measured], k: int) -> str:
     return "\n".join(lines)
 
 
-def _measured_text(
-    choice: Measured | None, measured: Sequence[Measured], target: float, worst: bool
-) -> str:
+def _measured_text(choice: Measured | None, target: float, worst: bool) -> str:
     goal = f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
     if choice is None:
-        return (f"measured: no setting reaches {goal} with its HNSW index"
-                if measured else "measured: nothing")
+        return (f"measured: no setting reaches {goal} with its HNSW index; try more "
+                "candidates (--candidates) or a larger prefix")
     return (f"recommended by measured cost: prefix {choice.prefix_dims} {choice.storage}, "
             f"candidates {choice.candidates}, ef_search {choice.ef_search} (recall "
             f"{choice.recall:.3f}, {choice.qps:.0f} q/s) is the fastest measured reaching "
