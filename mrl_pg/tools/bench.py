@@ -14,8 +14,9 @@ way ``mrl_search`` does and a careful user writes it (:mod:`mrl_pg.tools.measure
 All indexes are built first; then ``--repeats`` times, every method/setting runs once over the
 queries, the methods taking turns, so that other work on the machine hits them alike; the
 report gives the median of the repeats. Server-side time is the median ``Execution Time`` of
-``EXPLAIN (ANALYZE)`` over a sample of the queries; ``shared_buffers`` is printed against the
-table and index sizes (the bench does not change it).
+``EXPLAIN (ANALYZE)`` over a sample of the queries (the methods again taking turns, query by
+query); ``shared_buffers`` is printed against the table and index sizes (the bench does not
+change it).
 
 The data is the MRL-like generator (``--rows --dims``), a ``.npy`` file (``--vectors``, queries
 held out unless ``--queries`` is given) or a column of an existing table (``--table
@@ -53,7 +54,7 @@ from mrl_pg.tools.measure.inputs import Dataset
 from mrl_pg.tools.measure.scratch import BuiltIndex, DataSizes, HNSWParameters, ScratchTable
 from mrl_pg.tools.measure.timing import Result, Timing, summarise, time_queries
 from mrl_pg.tools.server import create_vector_extension
-from mrl_pg.tools.synthetic import exact_neighbors
+from mrl_pg.tools.synthetic import Matrix, exact_neighbors
 
 #: Queries of each method/setting run under ``EXPLAIN ANALYZE`` for its server-side time.
 EXPLAIN_SAMPLE = 20
@@ -230,12 +231,12 @@ def _measure(
                                          methods.library(conn, scratch, prefix, args.k, count),
                                          dict(method="mrl_search", **common)))
             timings = _interleaved(runs, dataset, args.repeats)
-            results = []
-            sample = dataset.queries[:EXPLAIN_SAMPLE]
-            for measured in runs:
-                server_ms = statistics.median(measured.searcher.execution_ms(q) for q in sample)
-                results.append(summarise(timings[measured.label], truth, k=args.k,
-                                         server_ms=server_ms, **measured.fields))
+            server_ms = _server_times(runs, dataset.queries[:EXPLAIN_SAMPLE])
+            results = [
+                summarise(timings[measured.label], truth, k=args.k,
+                          server_ms=server_ms[measured.label], **measured.fields)
+                for measured in runs
+            ]
     finally:
         scratch.drop()
     return results, sizes
@@ -266,6 +267,16 @@ def _interleaved(
             qps = len(timing.found) / timing.seconds
             print(f"  {label}: {qps:.0f} q/s", flush=True)
     return timings
+
+
+def _server_times(runs: list[Measured], sample: Matrix) -> dict[str, float]:
+    """Each run's median server-side execution time over ``sample``, the runs taking turns
+    query by query."""
+    times: dict[str, list[float]] = {measured.label: [] for measured in runs}
+    for query in sample:
+        for measured in runs:
+            times[measured.label].append(measured.searcher.execution_ms(query))
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def _load(average: tuple[float, float, float]) -> str:
