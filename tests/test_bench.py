@@ -93,7 +93,10 @@ def test_bench_end_to_end_writes_json_and_plot(
     assert "At matched recall, two-stage / full-dimension HNSW:" in printed
     assert "mrl_search / handwritten" in printed
     assert "server ms" in printed and "shared_buffers" in printed
-    assert "(repeat 2/2)" in printed
+    turns = [line.split(" (repeat")[0].strip() for line in printed.splitlines()
+             if "(repeat " in line]
+    first, second = turns[: len(turns) // 2], turns[len(turns) // 2:]
+    assert first[0] == "exact" and second == first[::-1], "every other repeat runs in reverse"
 
     document = json.loads(out.read_text())
     setup, results = document["setup"], document["results"]

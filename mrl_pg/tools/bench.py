@@ -12,11 +12,12 @@ on an autocommit connection, inside its one statement (a one-row subquery callin
 ``set_config(name, value, true)`` that gates the index scan through a ``LATERAL`` join), the
 way ``mrl_search`` does and a careful user writes it (:mod:`mrl_pg.tools.measure.methods`).
 All indexes are built first; then ``--repeats`` times, every method/setting runs once over the
-queries, the methods taking turns, so that other work on the machine hits them alike; the
-report gives the median of the repeats. Server-side time is the median ``Execution Time`` of
-``EXPLAIN (ANALYZE)`` over a sample of the queries (the methods again taking turns, query by
-query); ``shared_buffers`` is printed against the table and index sizes (the bench does not
-change it).
+queries, the methods taking turns (in reverse order every other repeat, so that no method
+always runs right after the one that read its pages into the buffer cache), so that other
+work on the machine hits them alike; the report gives the median of the repeats. Server-side
+time is the median ``Execution Time`` of ``EXPLAIN (ANALYZE)`` over a sample of the queries,
+the methods taking turns query by query in the same way; ``shared_buffers`` is printed
+against the table and index sizes (the bench does not change it).
 
 The data is the MRL-like generator (``--rows --dims``), a ``.npy`` file (``--vectors``, queries
 held out unless ``--queries`` is given) or a column of an existing table (``--table
@@ -260,7 +261,7 @@ def _interleaved(
     """Every run over every query, ``repeats`` times, the runs taking turns."""
     timings: dict[str, list[Timing]] = {measured.label: [] for measured in runs}
     for repeat in range(1, repeats + 1):
-        for measured in runs:
+        for measured in _taking_turns(runs, repeat):
             label = f"{measured.label} (repeat {repeat}/{repeats})"
             timing = time_queries(measured.searcher.search, dataset.queries, label)
             timings[measured.label].append(timing)
@@ -273,10 +274,18 @@ def _server_times(runs: list[Measured], sample: Matrix) -> dict[str, float]:
     """Each run's median server-side execution time over ``sample``, the runs taking turns
     query by query."""
     times: dict[str, list[float]] = {measured.label: [] for measured in runs}
-    for query in sample:
-        for measured in runs:
+    for turn, query in enumerate(sample, start=1):
+        for measured in _taking_turns(runs, turn):
             times[measured.label].append(measured.searcher.execution_ms(query))
     return {label: statistics.median(values) for label, values in times.items()}
+
+
+def _taking_turns(runs: list[Measured], turn: int) -> list[Measured]:
+    """``runs`` in order on odd turns, reversed on even ones: a run that follows another on
+    the same data finds the pages that one read in the buffer cache, so no run may always
+    come right after the same one (``mrl_search`` after ``handwritten`` of the same
+    setting)."""
+    return runs if turn % 2 else runs[::-1]
 
 
 def _load(average: tuple[float, float, float]) -> str:
