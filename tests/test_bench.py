@@ -15,19 +15,28 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_
 
 from mrl_pg.errors import NotAVectorColumnError, PrefixConfigError, SearchParameterError
 from mrl_pg.load import copy_vectors
+from mrl_pg.prefix.spec import Distance, Storage
 from mrl_pg.tools import bench
 from mrl_pg.tools.cli import main
+from mrl_pg.tools.measure import methods
 from mrl_pg.tools.measure.errors import (
     DimensionMismatchError,
     TooFewRowsError,
     UnknownTableError,
     VectorFileError,
 )
+from mrl_pg.tools.measure.inputs import Dataset
+from mrl_pg.tools.measure.scratch import HNSWParameters, ScratchTable
 from tests.data import decaying_vectors
 
 JSON_KEYS = {
     "method", "prefix_dims", "storage", "candidates", "ef_search", "k", "recall", "qps",
-    "p50_ms", "p99_ms", "index_bytes", "build_s",
+    "p50_ms", "p99_ms", "index_bytes", "build_s", "server_ms", "qps_repeats",
+}
+SETUP_KEYS = {
+    "source", "rows", "dims", "queries", "k", "distance", "repeats", "explain_sample",
+    "shared_buffers_bytes", "table_bytes", "index_bytes", "data_fits_shared_buffers",
+    "load_average_start", "load_average_end",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -77,14 +86,26 @@ def test_bench_end_to_end_writes_json_and_plot(
         "bench", "--dsn", database_url, "--vectors", str(vectors_file),
         "--queries", str(queries_file), "--prefix", "16,32", "--candidates", "10,60",
         "--ef-search", "40,200", "--storage", "halfvec,vector", "--json", str(out),
-        "--plot", str(png),
+        "--plot", str(png), "--repeats", "2",
     ])
     assert status == 0
     printed = capsys.readouterr().out
     assert "At matched recall, two-stage / full-dimension HNSW:" in printed
     assert "mrl_search / handwritten" in printed
+    assert "server ms" in printed and "shared_buffers" in printed
+    turns = [line.split(" (repeat")[0].strip() for line in printed.splitlines()
+             if "(repeat " in line]
+    first, second = turns[: len(turns) // 2], turns[len(turns) // 2:]
+    assert first[0] == "exact" and second == first[::-1], "every other repeat runs in reverse"
 
-    results = json.loads(out.read_text())
+    document = json.loads(out.read_text())
+    setup, results = document["setup"], document["results"]
+    assert set(setup) == SETUP_KEYS
+    assert setup["repeats"] == 2 and setup["rows"] == 1000 and setup["queries"] == 30
+    assert setup["shared_buffers_bytes"] > 0
+    assert setup["table_bytes"] > 0 and setup["index_bytes"] > 0
+    # 1,000 x 64 float4 and a few small indexes fit in any shared_buffers PostgreSQL starts with
+    assert setup["data_fits_shared_buffers"] is True
     assert all(set(row) == JSON_KEYS for row in results)
     methods = [row["method"] for row in results]
     assert methods.count("exact") == 1
@@ -93,6 +114,10 @@ def test_bench_end_to_end_writes_json_and_plot(
     for row in results:
         assert row["k"] == 10
         assert row["qps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert len(row["qps_repeats"]) == 2 and row["qps"] == pytest.approx(
+            sum(row["qps_repeats"]) / 2
+        )
+        assert row["server_ms"] > 0
         if row["method"] == "exact":
             assert row["index_bytes"] == 0 and row["prefix_dims"] is None
         else:
@@ -214,3 +239,29 @@ def test_bench_command_reports_errors_without_a_traceback(
     np.save(tmp_path / "flat.npy", np.zeros(3))
     assert main(["bench", "--vectors", str(tmp_path / "flat.npy")]) == 2
     assert "mrl-pg bench: error:" in capsys.readouterr().err
+
+
+def test_hand_written_searches_make_their_settings_inside_their_one_statement(
+    engine: Engine, files: tuple[Path, Path]
+) -> None:
+    vectors_file, queries_file = files
+    dataset = Dataset(np.load(vectors_file), np.load(queries_file), False, "test")
+    scratch = ScratchTable(engine, dataset, [(16, Storage.HALFVEC)], Distance.COSINE,
+                           HNSWParameters())
+    scratch.create()
+    try:
+        scratch.build(scratch.full_index())
+        # a table this small is scanned rather than searched by its index unless told
+        with methods.psycopg_connection(engine, (("enable_seqscan", "off"),)) as raw:
+            query = dataset.queries[0]
+            # pgvector returns at most ef_search rows: the statement's setting reached the scan
+            assert len(methods.full_hnsw(raw, scratch, 10, ef_search=1).search(query)) == 1
+            assert len(methods.full_hnsw(raw, scratch, 10, ef_search=100).search(query)) == 10
+            assert raw.autocommit
+            # the settings ended with the statement: nothing is left in the session
+            assert raw.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == ("40",)
+        with methods.psycopg_connection(engine, methods.EXACT_SESSION) as exact_conn:
+            found = methods.exact(exact_conn, scratch, 10).search(query)
+            assert found == cosine_top(dataset.vectors, query, 10).tolist()
+    finally:
+        scratch.drop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from mrl_pg.tools.cli import main
-from mrl_pg.tools.demo import alembic_config
+from mrl_pg.tools.demo import CANDIDATE_LADDER, alembic_config, choose_candidates
 
 
 def tables_and_extensions(url: str) -> tuple[set[str], set[str]]:
@@ -42,7 +43,19 @@ def test_demo_runs_through_its_migrations_and_leaves_the_app_alone(
     assert "2. alembic upgrade 0002: added a 256-dim halfvec prefix" in out
     assert "3. alembic upgrade head: shrank the prefix to 128 dims" in out
     assert out.count("     id=") == 5
-    assert "mrl_search     recall@10=" in out and "full-dim HNSW  recall@10=" in out
+    ef_search = re.search(r"5\. full-dimension HNSW index for comparison: .* at ef_search (\d+)",
+                          out)
+    assert ef_search is not None, "the full index's recall at the server's ef_search"
+    assert "6. mrl_search candidates to reach recall@10" in out
+    chosen = re.search(r"mrl_search, (\d+) candidates +recall@10=([\d.]+)", out)
+    full = re.search(rf"full-dim HNSW, ef_search {ef_search[1]} +recall@10=([\d.]+)", out)
+    assert chosen is not None and full is not None
+    assert int(chosen[1]) in CANDIDATE_LADDER
+    if "7. at matched recall" in out:
+        assert float(chosen[2]) >= float(full[1])
+    else:
+        assert "7. at the closest recall" in out and "cannot match" in out
+    assert "mrl_search / full-dim HNSW: queries/s x" in out and "index size x" in out
     tables, _ = tables_and_extensions(schema_url)
     assert tables == {"alembic_version"}, "the demo cleans up after itself"
     with app.connect() as conn:
@@ -102,3 +115,24 @@ def test_demo_migrations_match_the_demo_models(schema_url: str) -> None:
         command.upgrade(config, "head")
         command.check(config)  # demo_app.py and the head revision agree
         command.downgrade(config, "base")
+
+
+def test_the_demo_gives_mrl_search_the_fewest_candidates_that_match_the_full_index() -> None:
+    asked: list[int] = []
+    recall = {40: 0.95, 80: 0.985, 160: 0.995, 320: 0.999}
+
+    def recall_at(count: int) -> float:
+        asked.append(count)
+        return recall[count]
+
+    choice = choose_candidates(recall_at, 0.985, (40, 80, 160, 320))
+    assert (choice.candidates, choice.recall, choice.reached) == (80, 0.985, True)
+    assert asked == [40, 80], "no count above the first that reaches the target is tried"
+    assert choice.tried == ((40, 0.95), (80, 0.985))
+
+
+def test_the_demo_falls_back_to_the_best_recall_when_no_count_matches() -> None:
+    recall = {40: 0.90, 80: 0.97, 160: 0.98, 320: 0.98}
+    choice = choose_candidates(recall.__getitem__, 0.99, (40, 80, 160, 320))
+    assert (choice.candidates, choice.recall, choice.reached) == (160, 0.98, False)
+    assert [count for count, _ in choice.tried] == [40, 80, 160, 320]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl_pg.errors import MissingDependencyError
+from mrl_pg.tools.measure.report import curve
 from mrl_pg.tools.measure.timing import Result
 
 
@@ -29,14 +30,10 @@ def _pyplot() -> Any:
 
 
 def bench_plot(results: Sequence[Result], path: Path, title: str) -> None:
-    """Recall@k (x) against queries/s (y, log scale): a curve per method and prefix."""
+    """Recall@k (x) against the median queries/s (y, log scale): a curve per method and
+    prefix."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 5.5))
-
-    def curve(r: Result) -> str:
-        if r.method in ("exact", "full_hnsw"):
-            return r.method
-        return f"{r.method} {r.prefix_dims} {r.storage}"
 
     ordered = sorted(results, key=curve)
     for name, group in groupby(ordered, key=curve):

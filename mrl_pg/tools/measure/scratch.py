@@ -2,9 +2,11 @@
 
 The table holds ``id`` (the row's position in the data set), the full vector, and one
 generated prefix column per measured (prefix size, storage). Rows are loaded by binary
-``COPY`` before any index exists; each HNSW index is then built on its own, timed, measured
-with ``pg_relation_size`` and dropped again, so every method runs beside only its own index.
-A user's table is never touched: its vectors are read once and copied here.
+``COPY`` before any index exists; the HNSW indexes are then built one after another, each
+timed and measured with ``pg_relation_size``, and kept: every method runs with every index in
+place, so that the methods can take turns (a planner picks the index whose expression the
+statement orders by). A user's table is never touched: its vectors are read once and copied
+here.
 """
 
 from __future__ import annotations
@@ -31,6 +33,36 @@ INDEX_SIZE_SQL = text(
     "SELECT pg_relation_size(c.oid) FROM pg_class c "
     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = :name"
 )
+
+
+SIZES_SQL = text(
+    "SELECT pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers, "
+    "pg_table_size(CAST(:table AS regclass)) AS table_bytes, "
+    "pg_indexes_size(CAST(:table AS regclass)) AS index_bytes"
+)
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """What a search may read (the table and its indexes) against PostgreSQL's buffer cache."""
+
+    shared_buffers_bytes: int
+    table_bytes: int
+    index_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.table_bytes + self.index_bytes <= self.shared_buffers_bytes
+
+    def describe(self) -> str:
+        data = self.table_bytes + self.index_bytes
+        verdict = (
+            "fits in shared_buffers" if self.fits
+            else "does not fit in shared_buffers: reads beyond it come from the OS page cache"
+        )
+        return (f"shared_buffers {self.shared_buffers_bytes / 1e6:.0f} MB; table "
+                f"{self.table_bytes / 1e6:.0f} MB + indexes {self.index_bytes / 1e6:.0f} MB = "
+                f"{data / 1e6:.0f} MB: {verdict}")
 
 
 @dataclass(frozen=True)
@@ -137,9 +169,11 @@ class ScratchTable:
             conn.commit()
         return BuiltIndex(str(index.name), int(size), seconds)
 
-    def drop_index(self, index: Index) -> None:
-        with self.engine.begin() as conn:
-            index.drop(conn)
+    def sizes(self) -> DataSizes:
+        """The table's size (heap and TOAST) and its indexes', against ``shared_buffers``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(SIZES_SQL, {"table": self.qualified_name}).one()
+        return DataSizes(int(row.shared_buffers), int(row.table_bytes), int(row.index_bytes))
 
     def drop(self) -> None:
         with self.engine.begin() as conn:

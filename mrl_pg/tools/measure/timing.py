@@ -1,9 +1,15 @@
-"""Running a search over every query, one client, and summing up speed and recall."""
+"""Running a search over every query, one client, and summing up speed and recall.
+
+A bench runs every method/setting once per repeat; a :class:`Result` holds the median of the
+repeats' queries/s and latency percentiles (recall is the same in every repeat: each setting
+returns the same rows, so it is taken from the first).
+"""
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +39,10 @@ class Result:
     p99_ms: float
     index_bytes: int
     build_s: float
+    #: Median server-side execution time (``EXPLAIN ANALYZE``) over a sample of the queries.
+    server_ms: float
+    #: Queries/s of every repeat, in order (``qps`` is their median).
+    qps_repeats: tuple[float, ...]
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,11 +72,12 @@ def time_queries(
 
 
 def summarise(
-    timing: Timing,
+    timings: Sequence[Timing],
     truth: npt.NDArray[np.int64],
     *,
     method: str,
     k: int,
+    server_ms: float,
     prefix_dims: int | None = None,
     storage: str | None = None,
     candidates: int | None = None,
@@ -74,6 +85,8 @@ def summarise(
     index_bytes: int = 0,
     build_s: float = 0.0,
 ) -> Result:
+    """The medians over ``timings`` (one per repeat) of one method at one setting."""
+    qps = tuple(len(t.found) / t.seconds for t in timings)
     return Result(
         method=method,
         prefix_dims=prefix_dims,
@@ -81,10 +94,12 @@ def summarise(
         candidates=candidates,
         ef_search=ef_search,
         k=k,
-        recall=recall_at_k(timing.found, truth),
-        qps=len(timing.found) / timing.seconds,
-        p50_ms=float(np.percentile(timing.latencies_ms, 50)),
-        p99_ms=float(np.percentile(timing.latencies_ms, 99)),
+        recall=recall_at_k(timings[0].found, truth),
+        qps=statistics.median(qps),
+        p50_ms=statistics.median(float(np.percentile(t.latencies_ms, 50)) for t in timings),
+        p99_ms=statistics.median(float(np.percentile(t.latencies_ms, 99)) for t in timings),
         index_bytes=index_bytes,
         build_s=build_s,
+        server_ms=server_ms,
+        qps_repeats=qps,
     )
