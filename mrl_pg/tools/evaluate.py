@@ -219,8 +219,12 @@ def _table(figures: Sequence[PrefixRecall], k: int) -> str:
     return "\n".join(lines)
 
 
+def _goal(target: float, worst: bool) -> str:
+    return f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
+
+
 def _recommendation_text(choice: Recommendation | None, target: float, worst: bool) -> str:
-    goal = f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
+    goal = _goal(target, worst)
     if choice is None:
         return (f"no prefix size reaches {goal}: try more candidates, larger prefixes, or "
                 "the full-dimension index")
@@ -241,7 +245,7 @@ def _measured_table(measured: Sequence[Measured], k: int) -> str:
 
 
 def _measured_text(choice: Measured | None, target: float, worst: bool) -> str:
-    goal = f"recall {target:g}" + (" for the worst 5% of queries too" if worst else "")
+    goal = _goal(target, worst)
     if choice is None:
         return (f"measured: no setting reaches {goal} with its HNSW index; try more "
                 "candidates (--candidates) or a larger prefix")
