@@ -593,6 +593,7 @@ class Searcher:
             "planning_ms": statistics.median(p["Planning Time"] for p in plans),
             "shared_hit": statistics.median(p["Plan"]["Shared Hit Blocks"] for p in plans),
             "shared_read": statistics.median(p["Plan"]["Shared Read Blocks"] for p in plans),
+            "index_blocks": statistics.median(index_blocks(p["Plan"], index) for p in plans),
             "plans": len(plans),
             "index_scans": float(all(index in json.dumps(p) for p in plans)),
             "jit": float(any("JIT" in p for p in plans)),
@@ -600,6 +601,14 @@ class Searcher:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def index_blocks(node: dict[str, Any], index: str) -> int:
+    """Shared blocks (hit and read) of the plan node scanning ``index``: the graph walk and
+    the heap tuples it returns; the rest of a plan's blocks are the rows' TOASTed vectors."""
+    if node.get("Index Name") == index:
+        return int(node["Shared Hit Blocks"] + node["Shared Read Blocks"])
+    return sum(index_blocks(child, index) for child in node.get("Plans", ()))
 
 
 def measure(
@@ -679,46 +688,62 @@ def matched(rows: list[dict[str, Any]], build: dict[str, Any]) -> list[dict[str,
 
 def sizing(case: Case, rows: int, build: dict[str, Any], table_rows: list[dict[str, Any]],
            at_098: dict[str, Any]) -> list[dict[str, Any]]:
-    """The 10M-row table: sizes linear in rows, HNSW build time ~ n log n (from this run),
-    q/s ~ 1/log n while the data the searches touch fits in RAM; beyond that each search
-    pays its share of page misses (buffers per query from EXPLAIN, scaled by log n; the
-    missing fraction is 1 - RAM / bytes touched; ``SIZING_READ_MS`` per missed page)."""
+    """Rows 100k (as measured in docs/benchmarks.md, then as modelled from this run), this
+    run, and 10 times as many. The model: sizes linear in rows; HNSW build time ~ n log n;
+    a search's own time ~ log n (q/s ~ 1/log n) while what it reads is in RAM. Beyond RAM
+    (``SIZING_RAM_GB`` for page cache and shared buffers) a search also waits
+    ``SIZING_READ_MS`` for each block it misses: the full index's blocks per search (from
+    EXPLAIN, times log n) miss in the share of the index RAM cannot hold; ``mrl_search`` keeps
+    its prefix index in RAM first, and its blocks of TOASTed vectors (one run of blocks per
+    candidate, not growing with n) miss in the share of the table the rest of RAM cannot
+    hold. The full build needs its graph in ``maintenance_work_mem``; one that does not fit
+    is built on disk, far slower than n log n (not modelled)."""
     measured = build["sizes"]
     gb = 1e9
-    out = []
-    full_row = next((r for r in table_rows if r["label"] == at_098.get("full_hnsw")), None)
-    mrl_row = next((r for r in table_rows if r["label"] == at_098.get("mrl_search")), None)
+    rows_at = {r["label"]: r for r in table_rows}
+    full_row = rows_at.get(at_098.get("full_hnsw") or "")
+    mrl_row = rows_at.get(at_098.get("mrl_search") or "")
+    out: list[dict[str, Any]] = []
+    if case.dims == 1536:
+        out.append({
+            "rows": int(HUNDRED_K["rows"]), "source": "docs/benchmarks.md",
+            "full_index_gb": HUNDRED_K["full_index_mb"] * 2**20 / gb,
+            "prefix_index_gb": HUNDRED_K["prefix_index_mb"] * 2**20 / gb,
+            "full_build_min": HUNDRED_K["full_build_s"] / 60,
+            "prefix_build_min": HUNDRED_K["prefix_build_s"] / 60,
+            "full_qps": HUNDRED_K["full_qps_098"], "mrl_qps": HUNDRED_K["mrl_qps_098"],
+        })
     for n in (int(HUNDRED_K["rows"]), rows, 10 * rows):
         scale = n / rows
         grow = math.log(n) / math.log(rows)
         entry: dict[str, Any] = {
             "rows": n,
+            "source": "measured" if n == rows else "model",
             "table_gb": (measured["heap"] + measured["toast"]) * scale / gb,
             "full_index_gb": measured["full_index"] * scale / gb,
             "prefix_index_gb": measured["prefix_index"] * scale / gb,
             "full_build_min": build["full"]["build_s"] * scale * grow / 60,
             "prefix_build_min": build["prefix"]["build_s"] * scale * grow / 60,
-            "full_graph_gb": rows_graph_gb(n, case.vector_bytes),
-            "measured": n == rows,
+            "full_graph_gb": n * (case.vector_bytes + GRAPH_BYTES_PER_ELEMENT) / gb,
         }
-        for method, row, touched in (
-            ("full", full_row, entry["full_index_gb"]),
-            ("mrl", mrl_row, entry["prefix_index_gb"] + entry["table_gb"]),
-        ):
-            if row is None:
-                continue
-            qps = row["c1"]["qps"] / grow
-            missing = max(0.0, 1.0 - SIZING_RAM_GB / touched)
-            blocks = (row["server"]["shared_hit"] + row["server"]["shared_read"]) * grow
-            per_query_ms = 1e3 / qps + blocks * missing * SIZING_READ_MS
-            entry[f"{method}_qps"] = 1e3 / per_query_ms
-            entry[f"{method}_fits"] = missing == 0.0
+        if full_row is not None:
+            miss = max(0.0, 1.0 - SIZING_RAM_GB / entry["full_index_gb"])
+            server = full_row["server"]
+            blocks = (server["shared_hit"] + server["shared_read"]) * grow
+            ms = 1e3 / full_row["c1"]["qps"] * grow + blocks * miss * SIZING_READ_MS
+            entry.update(full_qps=1e3 / ms, full_miss=miss)
+        if mrl_row is not None:
+            server = mrl_row["server"]
+            index_miss = max(0.0, 1.0 - SIZING_RAM_GB / entry["prefix_index_gb"])
+            left = max(0.0, SIZING_RAM_GB - entry["prefix_index_gb"])
+            table_miss = max(0.0, 1.0 - left / entry["table_gb"])
+            index_part = server.get("index_blocks", 0.0)
+            table_part = server["shared_hit"] + server["shared_read"] - index_part
+            ms = (1e3 / mrl_row["c1"]["qps"] * grow + index_part * grow * index_miss
+                  * SIZING_READ_MS + table_part * table_miss * SIZING_READ_MS)
+            entry.update(mrl_qps=1e3 / ms, mrl_miss=table_miss)
         out.append(entry)
     return out
-
-
-def rows_graph_gb(rows: int, element_bytes: int) -> float:
-    return rows * (element_bytes + GRAPH_BYTES_PER_ELEMENT) / 1e9
 
 
 def report(result: dict[str, Any]) -> None:
@@ -746,7 +771,7 @@ def report(result: dict[str, Any]) -> None:
         print(f"| {r['label']} | {r['recall']:.3f} | {c1['qps']:.1f} | {c1['p50_ms']:.2f} | "
               f"{c1['p99_ms']:.2f} | {c2['qps']:.1f} | {c2['p50_ms']:.2f} | {c2['p99_ms']:.2f} | "
               f"{sv['execution_ms']:.2f} | {sv['shared_hit'] + sv['shared_read']:.0f} | "
-              f"{'yes' if sv['index_scans'] else 'NO'} |")
+              f"{'yes' if sv.get('index_scans') else 'NO'} |")
     print("\n| recall >= | full_hnsw (recall) | mrl_search (recall) | q/s ratio 1 client |"
           " q/s ratio 2 clients | p50 ratio | p99 ratio | index size ratio | build ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -758,18 +783,24 @@ def report(result: dict[str, Any]) -> None:
         print(f"| {m['target']} | {m['full_hnsw']} ({m['full_recall']:.3f}) | {m['mrl_search']} "
               f"({m['mrl_recall']:.3f}) | {m['qps_1']:.2f} | {m['qps_2']:.2f} | {m['p50_1']:.2f} |"
               f" {m['p99_1']:.2f} | {m['index_size']:.3f} | {m['build_time']:.2f} |")
-    print("\n| rows | table GB | full index GB | prefix index GB | full build min |"
-          " prefix build min | full q/s | mrl q/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| rows | source | table GB | full index GB | prefix index GB | full graph GB |"
+          " full build min | prefix build min | full q/s | mrl_search q/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for e in result["sizing"]:
+        def cell(key: str, form: str, e: dict[str, Any] = e) -> str:
+            return format(e[key], form) if key in e else "-"
+
         def qps(method: str, e: dict[str, Any] = e) -> str:
             if f"{method}_qps" not in e:
                 return "-"
-            return f"{e[method + '_qps']:.0f}" + ("" if e[f"{method}_fits"] else " (disk)")
-        mark = " (measured)" if e["measured"] else ""
-        print(f"| {e['rows']:,}{mark} | {e['table_gb']:.1f} | {e['full_index_gb']:.1f} | "
-              f"{e['prefix_index_gb']:.2f} | {e['full_build_min']:.1f} | "
-              f"{e['prefix_build_min']:.1f} | {qps('full')} | {qps('mrl')} |")
+            miss = e.get(f"{method}_miss", 0.0)
+            note = f" ({miss:.0%} of reads from disk)" if miss else ""
+            return f"{e[method + '_qps']:.0f}{note}"
+
+        print(f"| {e['rows']:,} | {e['source']} | {cell('table_gb', '.1f')} | "
+              f"{cell('full_index_gb', '.1f')} | {cell('prefix_index_gb', '.2f')} | "
+              f"{cell('full_graph_gb', '.1f')} | {cell('full_build_min', '.1f')} | "
+              f"{cell('prefix_build_min', '.1f')} | {qps('full')} | {qps('mrl')} |")
     print(f"\nload average by phase: {result['log']['loadavg']}")
 
 
@@ -834,11 +865,17 @@ def parse_args() -> argparse.Namespace:
                         metavar="CANDIDATES:EF_SEARCH,...")
     parser.add_argument("--searches-only", action="store_true",
                         help="measure searches on the kept data and indexes only")
+    parser.add_argument("--explain-only", action="store_true",
+                        help="EXPLAIN the settings of the --json results again, on kept data")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print (and plot) the --json results again")
     parser.add_argument("--rebuild", action="store_true", help="build the indexes again")
     parser.add_argument("--reload", action="store_true", help="load the data again")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
+    if (args.explain_only or args.report_only) and not args.json:
+        parser.error("--explain-only and --report-only read (and update) --json")
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
     return args
@@ -847,6 +884,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     case = CASES[args.case]
+    if args.report_only:
+        finish(json.loads(args.json.read_text()), case, args)
+        return 0
     layout = Layout(case, args.rows or case.rows, args.prefix, args.prefix_kind)
     data_dir = args.data_dir.expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -861,11 +901,12 @@ def main() -> int:
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {ident(SCHEMA)}"))
     settings = server_settings(engine)
     print(f"server: {settings}", flush=True)
+    kept_only = args.searches_only or args.explain_only
 
     with engine.connect() as conn:
         kept = comment_of(conn, layout.table.name) == layout.marker
     if not kept or args.reload:
-        if args.searches_only:
+        if kept_only:
             raise SystemExit(f"no complete table {layout.table.name}: run without --searches-only")
         phase(f"load {layout.rows:,} x {case.dims} into {layout.table.name}", log)
         load(engine, layout, log)
@@ -880,7 +921,7 @@ def main() -> int:
     ):
         figures = None if args.rebuild else kept_build(engine, index)
         if figures is None:
-            if args.searches_only:
+            if kept_only:
                 raise SystemExit(f"no built index {index.name}: run without --searches-only")
             phase(f"build {index.name}", log)
             memory = args.maintenance_work_mem_mb or graph_mb(layout, element)
@@ -890,29 +931,44 @@ def main() -> int:
 
     searcher = Searcher(url, layout)
     try:
-        rows = measure(
-            searcher, interleaved(args.full_ef, args.mrl), queries, truth, args.repeats,
-            args.explain, log,
-        )
+        if args.explain_only:
+            result = json.loads(args.json.read_text())
+            phase("searches: EXPLAIN (ANALYZE, BUFFERS) only", log)
+            for row in result["searches"]:
+                setting = Setting(**row["setting"])
+                row["server"] = searcher.explain(setting, queries[: args.explain])
+            result["log"]["loadavg"]["explain-only"] = log["loadavg"]
+        else:
+            rows = measure(
+                searcher, interleaved(args.full_ef, args.mrl), queries, truth, args.repeats,
+                args.explain, log,
+            )
+            result = {
+                "case": case.name, "rows": layout.rows, "dims": case.dims,
+                "type": case.full_type, "prefix": args.prefix, "prefix_kind": args.prefix_kind,
+                "queries": args.queries, "repeats": args.repeats, "server": settings,
+                "build": build, "searches": rows, "log": log, "command": " ".join(sys.argv),
+            }
     finally:
         searcher.close()
-    matches = matched(rows, build)
-    at_098 = next(m for m in matches if m["target"] == 0.98)
-    result = {
-        "case": case.name, "rows": layout.rows, "dims": case.dims, "type": case.full_type,
-        "prefix": args.prefix, "prefix_kind": args.prefix_kind, "queries": args.queries,
-        "repeats": args.repeats, "server": settings, "build": build, "searches": rows,
-        "matched": matches, "sizing": sizing(case, layout.rows, build, rows, at_098),
-        "log": log, "command": " ".join(sys.argv),
-    }
+        engine.dispose()
     phase("done", log)
+    finish(result, case, args)
+    return 0
+
+
+def finish(result: dict[str, Any], case: Case, args: argparse.Namespace) -> None:
+    """The ratios at matched recall and the sizing table, printed, written and plotted."""
+    result["matched"] = matched(result["searches"], result["build"])
+    at_098 = next(m for m in result["matched"] if m["target"] == 0.98)
+    result["sizing"] = sizing(
+        case, result["rows"], result["build"], result["searches"], at_098
+    )
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     if args.plot:
         plot(result, args.plot)
-    engine.dispose()
-    return 0
 
 
 if __name__ == "__main__":
