@@ -895,6 +895,8 @@ def parse_args() -> argparse.Namespace:
                         metavar="CANDIDATES:EF_SEARCH,...")
     parser.add_argument("--searches-only", action="store_true",
                         help="measure searches on the kept data and indexes only")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="load the data and make the ground truth, then stop")
     parser.add_argument("--explain-only", action="store_true",
                         help="EXPLAIN the settings of the --json results again, on kept data")
     parser.add_argument("--report-only", action="store_true",
@@ -945,6 +947,9 @@ def main() -> int:
     phase("queries and ground truth", log)
     queries = queries_for(layout, args.queries, data_dir)
     truth = ground_truth(layout, queries, data_dir)
+    if args.prepare_only:
+        engine.dispose()
+        return 0
 
     build: dict[str, Any] = {}
     for kind, index, element in (
