@@ -898,7 +898,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prepare-only", action="store_true",
                         help="load the data and make the ground truth, then stop")
     parser.add_argument("--explain-only", action="store_true",
-                        help="EXPLAIN the settings of the --json results again, on kept data")
+                        help="EXPLAIN the settings of the --json results again, on kept "
+                        "data, adding the figures they lack (the first ones are kept)")
     parser.add_argument("--report-only", action="store_true",
                         help="print (and plot) the --json results again")
     parser.add_argument("--rebuild", action="store_true", help="build the indexes again")
@@ -973,7 +974,8 @@ def main() -> int:
             phase("searches: EXPLAIN (ANALYZE, BUFFERS) only", log)
             for row in result["searches"]:
                 setting = Setting(**row["setting"])
-                row["server"] = searcher.explain(setting, queries[: args.explain])
+                again = searcher.explain(setting, queries[: args.explain])
+                row["server"] = {**again, **row["server"]}  # adds, keeps the first figures
             result["log"]["loadavg"]["explain-only"] = log["loadavg"]
         else:
             rows = measure(
