@@ -4,6 +4,9 @@ against the full-dimension HNSW index, at matched recall.
     python benchmarks/scale.py --case 1m-1536 [--data-dir DIR | --dsn URL] [--json out.json]
         [--plot out.png] [--searches-only] [--rebuild] [--reload]
     python benchmarks/scale.py --case 250k-3072 ...
+    python benchmarks/scale.py --case 1m-1536 --prepare-only   # data and ground truth only
+    python benchmarks/scale.py --case 1m-1536 --explain-only --json out.json  # add EXPLAINs
+    python benchmarks/scale.py --case 1m-1536 --report-only --json out.json [--plot out.png]
 
 Phases, each skipped when its result is already kept:
 
@@ -101,8 +104,8 @@ GRAPH_BYTES_PER_ELEMENT = 800
 #: ``maintenance_work_mem`` is the estimated graph size times this, so that the graph fits.
 GRAPH_HEADROOM = 1.3
 TARGET_RECALLS = (0.95, 0.98, 0.99)
-#: Figures measured at 100,000 x 1536 (docs/benchmarks.md, "Results"): the 10M sizing uses
-#: them as its second point. Index MB, build s; q/s of the cheapest setting reaching 0.98.
+#: Figures measured at 100,000 x 1536 (docs/benchmarks.md, "Results"), shown beside the
+#: sizing model's rows: index MiB and build seconds of each index.
 HUNDRED_K = {
     "rows": 100_000,
     "full_index_mb": 819.2,
