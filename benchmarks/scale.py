@@ -487,7 +487,8 @@ class Searcher:
     def client(self, setting: Setting) -> Iterator[tuple[Search, Connection]]:
         with self.engine.connect() as conn:
             register_vector(conn.connection.dbapi_connection)  # type: ignore[arg-type]
-            for statement in CONNECTION_SETTINGS[setting.method]:
+            # Pooled connections are shared by both methods: undo the other one's settings.
+            for statement in ("RESET ALL", *CONNECTION_SETTINGS[setting.method]):
                 conn.execute(text(statement))
             yield self._search(setting, conn), conn
 
