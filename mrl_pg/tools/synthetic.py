@@ -7,12 +7,17 @@ decays with its index, and every vector is L2-normalised like a real embedding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 
 from mrl_pg.prefix.spec import Distance
 
 Matrix = npt.NDArray[np.float32]
+
+#: Rows :func:`mrl_like_blocks` makes per block.
+BLOCK_ROWS = 8192
 
 
 def dimension_scales(dims: int, half_life: float = 32.0) -> npt.NDArray[np.float64]:
@@ -32,26 +37,53 @@ def mrl_like_vectors(
 
     ``spread`` is the within-cluster standard deviation relative to the spread of the centres.
     """
+    out = np.empty((rows, dims), dtype=np.float32)
+    start = 0
+    for block in mrl_like_blocks(rows, dims, clusters=clusters, spread=spread, seed=seed):
+        out[start : start + len(block)] = block
+        start += len(block)
+    return out
+
+
+def mrl_like_blocks(
+    rows: int,
+    dims: int,
+    *,
+    clusters: int = 100,
+    spread: float = 0.6,
+    seed: int = 0,
+) -> Iterator[Matrix]:
+    """The vectors of :func:`mrl_like_vectors` (same arguments, same values), made and
+    yielded ``BLOCK_ROWS`` rows at a time, so that a table of any size can be generated
+    without holding all of it in memory."""
     rng = np.random.default_rng(seed)
     scales = dimension_scales(dims)
     centres = rng.standard_normal((clusters, dims))
     labels = rng.integers(0, clusters, size=rows)
-    out = np.empty((rows, dims), dtype=np.float32)
-    for start in range(0, rows, 8192):
-        stop = min(start + 8192, rows)
+    for start in range(0, rows, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, rows)
         chunk = centres[labels[start:stop]] + spread * rng.standard_normal((stop - start, dims))
-        out[start:stop] = chunk * scales
-    return normalize(out)
+        yield normalize((chunk * scales).astype(np.float32))
 
 
 def queries_near(vectors: Matrix, count: int, *, noise: float = 0.5, seed: int = 1) -> Matrix:
     """``count`` queries, each a stored vector moved by ``noise`` (in per-dimension units)."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(vectors), size=count)
+    return _moved(vectors[picks], noise, rng)
+
+
+def queries_near_each(vectors: Matrix, *, noise: float = 0.5, seed: int = 1) -> Matrix:
+    """One query near each of ``vectors``, moved by ``noise`` as in :func:`queries_near`: for
+    a table too large to hold, pick the rows while generating it, then move them."""
+    return _moved(vectors, noise, np.random.default_rng(seed))
+
+
+def _moved(vectors: Matrix, noise: float, rng: np.random.Generator) -> Matrix:
     scales = dimension_scales(vectors.shape[1])
-    jitter = noise * rng.standard_normal((count, vectors.shape[1])) * scales
+    jitter = noise * rng.standard_normal(vectors.shape) * scales
     jitter /= np.sqrt(vectors.shape[1])
-    return normalize(vectors[picks] + jitter.astype(np.float32))
+    return normalize(vectors + jitter.astype(np.float32))
 
 
 def normalize(vectors: Matrix) -> Matrix:
