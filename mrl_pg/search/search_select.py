@@ -9,7 +9,9 @@ prepares the connection for the binary query vector
 (:func:`~mrl_pg.search.query_vector.prepare_connection`), binds other settings on a server
 whose pgvector lacks some, and, inside a transaction, has the next statement that is not a
 search put the settings back first. On a connection to Citus, a search runs in its distributed
-form instead (:mod:`mrl_pg.search.citus`).
+form instead (:mod:`mrl_pg.search.citus`). A search made by ``mrl_search`` is sent straight to
+the psycopg cursor where nothing else would see it run, and returns a SQLAlchemy ``Result``
+of the same rows (:mod:`mrl_pg.search.direct`).
 
 A search embedded in another statement (``search.subquery()`` in a ``select()``, say) runs as
 part of that statement: its settings last to the end of the transaction, and with psycopg, on a
