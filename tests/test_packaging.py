@@ -214,5 +214,6 @@ def test_mrl_pg_demo_runs_from_the_installed_wheel(
     )
     assert demo.returncode == 0, demo.stderr
     assert "3. alembic upgrade head: shrank the prefix to 128 dims" in demo.stdout
-    assert "mrl_search     recall@10=" in demo.stdout
+    assert "recall@10=" in demo.stdout
+    assert "mrl_search / full-dim HNSW: queries/s x" in demo.stdout
     assert list(empty.iterdir()) == []
