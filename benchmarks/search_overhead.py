@@ -1,7 +1,8 @@
 """Where the time of one search goes: ``mrl_search`` against hand-written SQL, one client.
 
     python benchmarks/search_overhead.py [--rows 50000 --dims 384 --prefix 128]
-        [--queries 300 --repeats 7] [--compare ../old-checkout/.venv/bin/python:old] [--json out.json]
+        [--queries 300 --repeats 7] [--compare ../old-checkout/.venv/bin/python:old]
+        [--json out.json]
 
 Loads MRL-like vectors (``mrl_pg.synthetic``) into a schema of its own, builds the prefix's
 HNSW index, then times every method on the same queries, warm, one client, one connection each
