@@ -90,12 +90,8 @@ def autocommit_connection(engine: Engine) -> Iterator[Connection]:
 def exact(connection: Any, scratch: ScratchTable, k: int) -> Searcher:
     """A full scan ordered by the exact distance; ``connection`` must have index scans off
     (``psycopg_connection(engine, EXACT_SESSION)``)."""
-    statement = sql.SQL("SELECT id FROM {table} ORDER BY {full} {op} {query} LIMIT {k}").format(
-        table=sql.SQL(scratch.qualified_name),
-        full=sql.Identifier(FULL_COLUMN),
-        op=sql.SQL(scratch.distance.operator),
-        query=_full_query_sql(scratch),
-        k=sql.Literal(k),
+    statement = sql.SQL("SELECT id FROM {table} {nearest}").format(
+        table=sql.SQL(scratch.qualified_name), nearest=_nearest_by_full(scratch, k)
     )
     return _searcher(connection, statement, _full_params)
 
@@ -104,16 +100,23 @@ def full_hnsw(connection: Any, scratch: ScratchTable, k: int, ef_search: int) ->
     """The nearest ``k`` by the full distance, served by an HNSW index on the full vectors."""
     statement = sql.SQL(
         "SELECT c.id FROM {settings} CROSS JOIN LATERAL (SELECT id FROM {table} "
-        "WHERE s.applied IS NOT NULL ORDER BY {full} {op} {query} LIMIT {k}) AS c"
+        "WHERE s.applied IS NOT NULL {nearest}) AS c"
     ).format(
         settings=settings_subquery((("hnsw.ef_search", str(ef_search)),)),
         table=sql.SQL(scratch.qualified_name),
+        nearest=_nearest_by_full(scratch, k),
+    )
+    return _searcher(connection, statement, _full_params)
+
+
+def _nearest_by_full(scratch: ScratchTable, k: int) -> sql.Composed:
+    """``ORDER BY`` the full vector's distance to the query, ``LIMIT k``."""
+    return sql.SQL("ORDER BY {full} {op} {query} LIMIT {k}").format(
         full=sql.Identifier(FULL_COLUMN),
         op=sql.SQL(scratch.distance.operator),
         query=_full_query_sql(scratch),
         k=sql.Literal(k),
     )
-    return _searcher(connection, statement, _full_params)
 
 
 def handwritten(
